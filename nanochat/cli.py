@@ -1,0 +1,86 @@
+"""One command-line parser for every entry point.
+
+The user guide mixes a positional Python config file, `--flag value`, `--flag=value`,
+`--use_rewards true` and (upstream nanochat) dash spellings. argparse handles the last
+three once each flag also answers to its dash spelling; this module adds the config
+file, read with `ast` as literal assignments only (never exec'd; unknown keys are an error).
+
+    parser = ArgumentParser(description="...")
+    parser.add_argument("--top_k", type=int, default=5, help="documents per query")
+    parser.add_bool("--use_rewards", default=True, help="reward phase after warm-up")
+    args = parser.parse_args()          # accepts: configs/x.py --top_k 3 --use-rewards=false
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+
+TRUE_WORDS = {"1", "true", "yes", "y", "on"}
+FALSE_WORDS = {"0", "false", "no", "n", "off"}
+
+
+def str2bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Literal assignments `name = value` from a Python file; anything else is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    values = {}
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            continue  # docstring
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ValueError(f"{path}:{node.lineno}: only `name = literal` assignments are allowed in config files")
+        try:
+            values[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError as e:
+            raise ValueError(f"{path}:{node.lineno}: {node.targets[0].id}: value is not a literal ({e})") from None
+    return values
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with dash/underscore aliases, true/false booleans and an optional config file."""
+
+    def add_argument(self, *names, **kwargs):
+        if names and all(n.startswith("--") for n in names):
+            aliases = []
+            for n in names:
+                for alt in (n.replace("_", "-"), "--" + n[2:].replace("-", "_")):
+                    if alt not in names and alt not in aliases:
+                        aliases.append(alt)
+            names = tuple(names) + tuple(aliases)
+        return super().add_argument(*names, **kwargs)
+
+    def add_bool(self, name: str, default: bool, help: str = ""):
+        """`--flag`, `--flag true`, `--flag=false` all work."""
+        return self.add_argument(name, type=str2bool, nargs="?", const=True, default=default,
+                                 metavar="true|false", help=f"{help} (default: {str(default).lower()})")
+
+    def parse_args(self, args=None, namespace=None):
+        import sys
+        argv = list(sys.argv[1:] if args is None else args)
+        config_files = []
+        while argv and not argv[0].startswith("-") and argv[0].endswith(".py"):
+            config_files.append(argv.pop(0))
+        known = {a.dest for a in self._actions}
+        for cfg in config_files:
+            values = read_config_file(cfg)
+            unknown = sorted(set(values) - known)
+            if unknown:
+                self.error(f"{cfg}: unknown config key(s): {', '.join(unknown)}")
+            self.set_defaults(**values)
+        ns = super().parse_args(argv, namespace)
+        ns.config_files = config_files
+        return ns

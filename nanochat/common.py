@@ -1,0 +1,129 @@
+"""Small shared utilities: base directory, atomic writes, logging, distributed init.
+
+Kept deliberately tiny (nanochat's common.py is the model): anything a test needs
+lives in the module that owns the concept, not here.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("nanochat")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """One console format for every entry point; idempotent."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def get_base_dir(base_dir: str | os.PathLike | None = None) -> Path:
+    """Where checkpoints and tokenizers live: explicit path, else $NANOCHAT_BASE_DIR, else ~/.cache/nanochat."""
+    if base_dir is None:
+        base_dir = os.environ.get("NANOCHAT_BASE_DIR") or Path.home() / ".cache" / "nanochat"
+    path = Path(base_dir).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final_path: str | os.PathLike):
+    """Yield a temporary path in the same directory; rename it onto final_path only on success.
+
+    A crash or exception leaves no file at final_path that looks complete (the temp file is removed).
+    """
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final_path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# -----------------------------------------------------------------------------
+# Devices and distributed training (torchrun sets RANK / LOCAL_RANK / WORLD_SIZE)
+
+def is_ddp() -> bool:
+    return int(os.environ.get("RANK", -1)) != -1
+
+
+def get_dist_info() -> tuple[bool, int, int, int]:
+    """(ddp, rank, local_rank, world_size) from the torchrun environment."""
+    if is_ddp():
+        return True, int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    return False, 0, 0, 1
+
+
+def print0(*args, **kwargs) -> None:
+    """print on rank 0 only, so torchrun logs are not repeated N times."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """'auto'/None picks cuda when present; an explicit 'cuda' without a GPU is a clear error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "device='cuda' was requested but no CUDA GPU is available on this machine. "
+            "Pass device='cpu' (or --device cpu on the command line) to run on the CPU."
+        )
+    return device
+
+
+def compute_init(device: str | None = None):
+    """Initialise torch.distributed when launched by torchrun (nccl on GPU, gloo on CPU).
+
+    Returns (ddp, rank, local_rank, world_size, device).
+    """
+    ddp, rank, local_rank, world_size = get_dist_info()
+    dev = resolve_device(device)
+    if dev.type == "cuda" and ddp:
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if ddp and not torch.distributed.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+        torch.distributed.barrier()
+    return ddp, rank, local_rank, world_size, dev
+
+
+def compute_cleanup() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
