@@ -1,0 +1,561 @@
+"""Mamba mixers that run everywhere with ONE set of weights.
+
+On CUDA with `mamba_ssm` importable, `create_mamba_mixer` returns mamba-ssm's own `Mamba` / `Mamba2`
+(fused kernels). Everywhere else it returns the pure-PyTorch mirrors below, which have exactly the
+same parameter names and shapes (so one checkpoint loads either way), the same init, and the same
+`forward(hidden_states, inference_params=None)` / `allocate_inference_cache` / `step` methods, so
+the inference engine can drive either.
+
+Mirrors (state-spaces/mamba): `Mamba` <- mamba_ssm/modules/mamba_simple.py, `Mamba2` <- mamba_ssm/modules/mamba2.py,
+`RMSNormGated` <- mamba_ssm/ops/triton/layernorm_gated.py (rms_norm_ref), `ssd_chunked` <- ssd_minimal_discrete.
+
+The CPU scans are chunked, not a Python loop over time:
+- Mamba-1: `linear_scan` runs h_t = a_t * h_{t-1} + b_t as a two-level scan (a loop of ~sqrt(L) steps inside
+  chunks, vectorised over all chunks, then ~sqrt(L) carry steps between chunks); its backward is the same scan
+  run in reverse (custom autograd Function), so no per-timestep autograd graph is built.
+- Mamba-2: the SSD chunked formulation (intra-chunk quadratic form + inter-chunk state passing).
+The plain sequential recurrences (`selective_scan_ref`, `ssd_ref`) are kept as the test reference.
+
+CPU default: DEFAULT_MAMBA_VERSION = 2, picked with bench/mamba_block.py (batch 8, d_model 256): at seqlen 1024 the
+SSD-chunked Mamba-2 block is the only variant that reaches >= 0.5x the tokens/s of an SDPA attention block of the
+same width; Mamba-1 has to materialise a (B, L, ED, N) state and is several times slower on CPU.
+
+Shape glossary:
+    B  batch size                    L  sequence length
+    D  d_model                       ED d_inner = expand * d_model
+    N  d_state                       R  dt_rank (Mamba-1)
+    H  nheads = d_ssm // headdim     P  headdim (Mamba-2)
+    G  ngroups (Mamba-2 B/C groups)  W  d_conv (conv kernel width)
+    C  number of chunks              T  chunk length
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+# Cheap check only: importing mamba_ssm pulls in triton and CUDA extensions, so the real import is lazy.
+HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
+DEFAULT_MAMBA_VERSION = 2
+
+_IMPL = "auto"  # "auto" | "torch" | "cuda"; see set_mamba_impl
+_WARNED = False
+
+
+def set_mamba_impl(impl: str) -> None:
+    """Override hook (tests): "auto" = mamba-ssm on CUDA when importable, "torch" = always ours, "cuda" = require mamba-ssm."""
+    global _IMPL
+    if impl not in ("auto", "torch", "cuda"):
+        raise ValueError(f"mamba impl must be 'auto', 'torch' or 'cuda', got {impl!r}")
+    _IMPL = impl
+
+
+@dataclass
+class InferenceParams:
+    """Same fields as mamba_ssm.utils.generation.InferenceParams (layers keep their states in key_value_memory_dict)."""
+    max_seqlen: int
+    max_batch_size: int
+    seqlen_offset: int = 0
+    batch_size_offset: int = 0
+    key_value_memory_dict: dict = field(default_factory=dict)
+    lengths_per_sample: torch.Tensor | None = None
+
+    def reset(self, max_seqlen, max_batch_size):
+        self.max_seqlen = max_seqlen
+        self.max_batch_size = max_batch_size
+        self.seqlen_offset = 0
+        if self.lengths_per_sample is not None:
+            self.lengths_per_sample.zero_()
+
+
+# -----------------------------------------------------------------------------
+# Mamba-1 scan: h_t = a_t * h_{t-1} + b_t, chunked, with a hand-written backward
+
+def _scan_forward(a, b, chunk=None):
+    """Chunked linear recurrence along dim 1 (no autograd). a, b: (B, L, ...) -> h: (B, L, ...)."""
+    Bsz, L = a.shape[:2]
+    rest = a.shape[2:]
+    T = chunk or max(1, math.isqrt(L - 1) + 1)  # ~sqrt(L): T local steps + C carry steps
+    C = -(-L // T)
+    pad = C * T - L
+    if pad:  # padding at the end (a=1, b=0) never touches earlier outputs
+        a = torch.cat([a, a.new_ones(Bsz, pad, *rest)], dim=1)
+        b = torch.cat([b, b.new_zeros(Bsz, pad, *rest)], dim=1)
+    a = a.reshape(Bsz, C, T, *rest)  # (B, C, T, ...)
+    b = b.reshape(Bsz, C, T, *rest)
+    # 1) scan inside every chunk from a zero state, all chunks at once
+    h = torch.empty_like(b)
+    h[:, :, 0] = b[:, :, 0]
+    for t in range(1, T):
+        torch.addcmul(b[:, :, t], a[:, :, t], h[:, :, t - 1], out=h[:, :, t])
+    if C > 1:
+        # 2) pass the state between chunks; decay inside a chunk is a cumulative product (all in (0, 1]: safe)
+        P = torch.cumprod(a, dim=2)  # (B, C, T, ...)
+        carry = torch.zeros_like(h[:, 0, 0])
+        carries = [carry]
+        for c in range(1, C):
+            carry = torch.addcmul(h[:, c - 1, -1], P[:, c - 1, -1], carry)
+            carries.append(carry)
+        h.addcmul_(P, torch.stack(carries, dim=1).unsqueeze(2))
+    return h.reshape(Bsz, C * T, *rest)[:, :L]
+
+
+class _LinearScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        h = _scan_forward(a, b)
+        ctx.save_for_backward(a, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, gh):
+        a, h = ctx.saved_tensors
+        # g_t = gh_t + a_{t+1} g_{t+1}: the same recurrence run backwards in time
+        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
+        g = _scan_forward(a_next.flip(1), gh.contiguous().flip(1)).flip(1)
+        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+        return g * h_prev, g
+
+
+def linear_scan(a, b):
+    """h_t = a_t * h_{t-1} + b_t with h_{-1} = 0, along dim 1. a, b: (B, L, ...) -> h: (B, L, ...)."""
+    return _LinearScan.apply(a, b)
+
+
+def selective_scan(u, delta, A, B, C, D, chunked=True):
+    """Mamba-1 selective scan (mirrors selective_scan_ref in mamba-ssm, but (B, L, ED) layout, fp32).
+
+    u, delta: (B, L, ED) with delta already softplus'ed; A: (ED, N); B, C: (B, L, N); D: (ED,).
+    Returns y (B, L, ED) and the last state (B, ED, N).
+    """
+    if not chunked:
+        return selective_scan_ref(u, delta, A, B, C, D)
+    dA = torch.exp(delta.unsqueeze(-1) * A)  # (B, L, ED, N), in (0, 1]
+    dBu = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # (B, L, ED, N)
+    h = linear_scan(dA, dBu)  # (B, L, ED, N)
+    y = torch.einsum("blen,bln->ble", h, C) + u * D  # (B, L, ED)
+    return y, h[:, -1]
+
+
+def selective_scan_ref(u, delta, A, B, C, D):
+    """Sequential reference: one recurrence step per timestep (unbind over time). Same contract as selective_scan."""
+    dA = torch.exp(delta.unsqueeze(-1) * A)  # (B, L, ED, N)
+    dBu = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # (B, L, ED, N)
+    h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])  # (B, ED, N)
+    ys = []
+    for dA_t, dBu_t, C_t in zip(dA.unbind(1), dBu.unbind(1), C.unbind(1)):
+        h = dA_t * h + dBu_t
+        ys.append(torch.einsum("ben,bn->be", h, C_t))
+    return torch.stack(ys, dim=1) + u * D, h
+
+
+# -----------------------------------------------------------------------------
+# Mamba-2 scan: SSD (state space duality), chunked
+
+def segsum(x):
+    """x: (..., T) -> (..., T, T) with out[i, j] = sum_{k=j+1..i} x_k for i >= j, -inf above the diagonal.
+
+    Built by a masked cumsum (not differences of a cumsum) so no large numbers cancel, and the -inf mask is
+    applied before any exp.
+    """
+    T = x.size(-1)
+    xr = x.unsqueeze(-1).expand(*x.shape, T)  # (..., T, T): xr[i, j] = x_i
+    strict = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
+    out = torch.cumsum(xr.masked_fill(~strict, 0), dim=-2)
+    lower = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(0)
+    return out.masked_fill(~lower, -torch.inf)
+
+
+def ssd_chunked(x, dt, A, B, C, chunk_size):
+    """Mamba-2 SSD scan, chunked (mirrors ssd_minimal_discrete; handles L not a multiple of chunk_size).
+
+    x: (B, L, H, P); dt: (B, L, H) softplus'ed; A: (H,) negative; B, C: (B, L, G, N).
+    Returns y (B, L, H, P) without the D skip, and the final state (B, H, P, N).
+    """
+    Bsz, L, H, P = x.shape
+    G = B.shape[2]
+    T = min(chunk_size, L)
+    nC = -(-L // T)
+    pad = nC * T - L
+    X = x * dt.unsqueeze(-1)  # (B, L, H, P)
+    Ad = dt * A  # (B, L, H), log-decay per step, <= 0
+    if pad:  # zero input and zero log-decay at the end: outputs and the final state are unchanged
+        X, Ad, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (X, Ad, B, C))
+    X = X.reshape(Bsz, nC, T, H, P)
+    B = B.reshape(Bsz, nC, T, G, -1)  # (B, C, T, G, N)
+    C = C.reshape(Bsz, nC, T, G, -1)
+    Ad = Ad.reshape(Bsz, nC, T, H).permute(0, 3, 1, 2)  # (B, H, C, T)
+    A_cs = torch.cumsum(Ad, dim=-1)  # (B, H, C, T)
+    rep = H // G
+
+    # 1) intra-chunk (diagonal blocks): causal "attention" C_l . B_s weighted by decay from s to l
+    CB = torch.einsum("bclgn,bcsgn->bgcls", C, B).repeat_interleave(rep, dim=1)  # (B, H, C, T, T)
+    M = CB * torch.exp(segsum(Ad))  # (B, H, C, T, T)
+    Y = torch.einsum("bhcls,bcshp->bclhp", M, X)  # (B, C, T, H, P)
+
+    # 2) state at the end of each chunk from that chunk's inputs alone
+    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (B, H, C, T), <= 1
+    Bh = B.repeat_interleave(rep, dim=3)  # (B, C, T, H, N)
+    Ch = C.repeat_interleave(rep, dim=3)
+    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, decay_to_end, X)  # (B, C, H, P, N)
+
+    # 3) pass states between chunks: state entering chunk z = sum_{c<z} decay(c -> z) * states_c
+    states = torch.cat([torch.zeros_like(states[:, :1]), states], dim=1)  # (B, C+1, H, P, N)
+    decay_chunk = torch.exp(segsum(F.pad(A_cs[..., -1], (1, 0))))  # (B, H, C+1, C+1)
+    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)  # (B, C+1, H, P, N)
+    prev_states, final_state = states[:, :-1], states[:, -1]
+
+    # 4) contribution of the incoming state to every position of the chunk
+    Y = Y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, prev_states, torch.exp(A_cs))
+    return Y.reshape(Bsz, nC * T, H, P)[:, :L], final_state
+
+
+def ssd_ref(x, dt, A, B, C):
+    """Sequential reference for ssd_chunked: h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = h_t C_t (unbind over time)."""
+    H, G = x.shape[2], B.shape[2]
+    Bh = B.repeat_interleave(H // G, dim=2)  # (B, L, H, N)
+    Ch = C.repeat_interleave(H // G, dim=2)
+    h = x.new_zeros(x.shape[0], H, x.shape[3], B.shape[3])  # (B, H, P, N)
+    ys = []
+    for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), Bh.unbind(1), Ch.unbind(1)):
+        dA = torch.exp(dt_t * A)[..., None, None]  # (B, H, 1, 1)
+        h = h * dA + (dt_t[..., None] * x_t).unsqueeze(-1) * B_t.unsqueeze(2)
+        ys.append(torch.einsum("bhpn,bhn->bhp", h, C_t))
+    return torch.stack(ys, dim=1), h
+
+
+# -----------------------------------------------------------------------------
+# Modules
+
+def _inv_softplus_dt(n, dt_min, dt_max, dt_init_floor, factory_kwargs):
+    """dt ~ log-uniform in [dt_min, dt_max]; returns the bias b with softplus(b) = dt (same init as mamba-ssm)."""
+    dt = torch.exp(torch.rand(n, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def _conv_step(conv_state, x_t, conv):
+    """One causal depthwise-conv step; conv_state (B, ED, W) is shifted in place. Returns (B, ED) before activation."""
+    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+    conv_state[:, :, -1] = x_t
+    out = torch.sum(conv_state * conv.weight[:, 0, :], dim=-1)  # (B, ED)
+    return out + conv.bias if conv.bias is not None else out
+
+
+class Mamba(nn.Module):
+    """Mamba-1 selective SSM mixer; mirrors mamba_ssm.modules.mamba_simple.Mamba (names, shapes, init, methods)."""
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1,
+                 dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False,
+                 use_fast_path=True, layer_idx=None, device=None, dtype=None):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.use_fast_path = use_fast_path  # accepted for signature parity; there is no fused kernel here
+        self.layer_idx = layer_idx
+        self.chunked = True  # False = sequential reference scan (tests, bench)
+
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory_kwargs)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory_kwargs)
+        self.act = nn.SiLU()
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + d_state * 2, bias=False, **factory_kwargs)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory_kwargs)
+
+        # dt projection init keeps the variance of dt at init; its bias puts softplus(bias) in [dt_min, dt_max]
+        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        else:
+            raise NotImplementedError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(_inv_softplus_dt(self.d_inner, dt_min, dt_max, dt_init_floor, factory_kwargs))
+        self.dt_proj.bias._no_reinit = True  # a model-wide init must not zero this bias
+
+        # S4D-real init: A[d, n] = -(n + 1); A_log and D stay fp32 whatever the module dtype
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)  # (ED, N)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
+
+    def forward(self, hidden_states, inference_params=None):
+        """hidden_states (B, L, D) -> (B, L, D). With inference_params: prefill stores states, offset > 0 steps."""
+        Bsz, L, _ = hidden_states.shape
+        conv_state = ssm_state = None
+        if inference_params is not None:
+            conv_state, ssm_state = self._get_states_from_cache(inference_params, Bsz)
+            if inference_params.seqlen_offset > 0:
+                out, _, _ = self.step(hidden_states, conv_state, ssm_state)  # states updated in place
+                return out
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, ED) each
+        x = x.transpose(1, 2)  # (B, ED, L)
+        if conv_state is not None:  # keep the last W inputs (zero-padded on the left when L < W)
+            conv_state.copy_(F.pad(x, (self.d_conv - L, 0)))
+        x = self.act(self.conv1d(x)[..., :L]).transpose(1, 2)  # (B, L, ED)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt).float())  # (B, L, ED)
+        A = -torch.exp(self.A_log.float())  # (ED, N)
+        y, last_state = selective_scan(x.float(), dt, A, B.float(), C.float(), self.D.float(), chunked=self.chunked)
+        if ssm_state is not None:
+            ssm_state.copy_(last_state)
+        y = y.to(hidden_states.dtype) * self.act(z)  # (B, L, ED)
+        return self.out_proj(y)
+
+    def step(self, hidden_states, conv_state, ssm_state):
+        """One decoding step: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state), states updated in place."""
+        dtype = hidden_states.dtype
+        assert hidden_states.shape[1] == 1, f"step decodes one token at a time, got {hidden_states.shape[1]}"
+        x, z = self.in_proj(hidden_states.squeeze(1)).chunk(2, dim=-1)  # (B, ED)
+        x = self.act(_conv_step(conv_state, x, self.conv1d)).to(dtype)  # (B, ED)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt).float())  # (B, ED)
+        A = -torch.exp(self.A_log.float())  # (ED, N)
+        dA = torch.exp(dt.unsqueeze(-1) * A)  # (B, ED, N)
+        dBx = (dt * x).unsqueeze(-1) * B.float().unsqueeze(1)  # (B, ED, N)
+        ssm_state.copy_(ssm_state * dA + dBx)
+        y = torch.einsum("ben,bn->be", ssm_state.float(), C.float()) + self.D.float() * x
+        y = y.to(dtype) * self.act(z)  # (B, ED)
+        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+
+    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
+        """Returns zeroed (conv_state (B, ED, W), ssm_state (B, ED, N))."""
+        device = self.out_proj.weight.device
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device,
+                                 dtype=dtype or self.conv1d.weight.dtype)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
+                                dtype=dtype or self.dt_proj.weight.dtype)
+        return conv_state, ssm_state
+
+    def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
+        assert self.layer_idx is not None, "Mamba needs layer_idx to keep its states in inference_params"
+        cache = inference_params.key_value_memory_dict
+        if self.layer_idx not in cache:
+            cache[self.layer_idx] = self.allocate_inference_cache(batch_size, inference_params.max_seqlen)
+        conv_state, ssm_state = cache[self.layer_idx]
+        if initialize_states:
+            conv_state.zero_()
+            ssm_state.zero_()
+        return conv_state, ssm_state
+
+
+class RMSNormGated(nn.Module):
+    """Gated group RMSNorm; mirrors mamba_ssm.ops.triton.layernorm_gated.RMSNorm (rms_norm_ref): a single `weight`."""
+
+    def __init__(self, hidden_size, eps=1e-5, group_size=None, norm_before_gate=True, device=None, dtype=None):
+        super().__init__()
+        self.eps, self.group_size, self.norm_before_gate = eps, group_size, norm_before_gate
+        self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
+        self.register_parameter("bias", None)
+
+    def forward(self, x, z=None):
+        """norm(x) * silu(z) if norm_before_gate else norm(x * silu(z)); x, z: (..., ED), computed in fp32."""
+        dtype = x.dtype
+        x = x.float()
+        if z is not None and not self.norm_before_gate:
+            x = x * F.silu(z.float())
+        gs = self.group_size or x.shape[-1]
+        xg = x.unflatten(-1, (-1, gs))  # (..., groups, gs)
+        x = (xg * torch.rsqrt(xg.square().mean(-1, keepdim=True) + self.eps)).flatten(-2) * self.weight.float()
+        if z is not None and self.norm_before_gate:
+            x = x * F.silu(z.float())
+        return x.to(dtype)
+
+
+class Mamba2(nn.Module):
+    """Mamba-2 (SSD) mixer; mirrors mamba_ssm.modules.mamba2.Mamba2 (names, shapes, init, methods).
+
+    Tensor/sequence parallelism (process_group) and varlen (seq_idx, cu_seqlens) are not supported here.
+    Always pass inference_params by keyword: mamba-ssm's Mamba2.forward has `seqlen` as its second argument.
+    """
+
+    def __init__(self, d_model, d_state=128, d_conv=4, conv_init=None, expand=2, headdim=64, d_ssm=None, ngroups=1,
+                 A_init_range=(1, 16), D_has_hdim=False, rmsnorm=True, norm_before_gate=False, dt_min=0.001,
+                 dt_max=0.1, dt_init_floor=1e-4, dt_limit=(0.0, float("inf")), bias=False, conv_bias=True,
+                 chunk_size=256, use_mem_eff_path=True, layer_idx=None, process_group=None, sequence_parallel=True,
+                 device=None, dtype=None):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        if process_group is not None:
+            raise NotImplementedError("the pure-PyTorch Mamba2 has no tensor parallelism; pass process_group=None")
+        self.d_model, self.d_state, self.d_conv, self.conv_init, self.expand = d_model, d_state, d_conv, conv_init, expand
+        self.d_inner = expand * d_model
+        self.headdim = headdim
+        self.d_ssm = self.d_inner if d_ssm is None else d_ssm
+        self.ngroups = ngroups
+        if self.d_ssm % headdim != 0:
+            raise ValueError(f"Mamba2: d_ssm={self.d_ssm} (expand * d_model) must be a multiple of headdim={headdim}")
+        self.nheads = self.d_ssm // headdim
+        if self.nheads % ngroups != 0:
+            raise ValueError(f"Mamba2: nheads={self.nheads} must be a multiple of ngroups={ngroups}")
+        self.D_has_hdim, self.rmsnorm, self.norm_before_gate = D_has_hdim, rmsnorm, norm_before_gate
+        self.dt_limit = dt_limit
+        self.activation = "silu"
+        self.chunk_size = chunk_size
+        self.use_mem_eff_path = use_mem_eff_path  # accepted for signature parity
+        self.layer_idx = layer_idx
+        self.chunked = True  # False = sequential reference scan (tests, bench)
+
+        # in_proj output order: [z0, x0 (gated MLP part, empty unless d_ssm < d_inner), z, xBC, dt]
+        d_in_proj = 2 * self.d_inner + 2 * ngroups * d_state + self.nheads
+        self.in_proj = nn.Linear(d_model, d_in_proj, bias=bias, **factory_kwargs)
+        conv_dim = self.d_ssm + 2 * ngroups * d_state
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, kernel_size=d_conv, groups=conv_dim, padding=d_conv - 1,
+                                bias=conv_bias, **factory_kwargs)
+        if conv_init is not None:
+            nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
+        self.act = nn.SiLU()
+
+        self.dt_bias = nn.Parameter(_inv_softplus_dt(self.nheads, dt_min, dt_max, dt_init_floor, factory_kwargs))
+        self.dt_bias._no_weight_decay = True
+        assert A_init_range[0] > 0 and A_init_range[1] >= A_init_range[0], f"bad A_init_range {A_init_range}"
+        A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_ssm if D_has_hdim else self.nheads, device=device))
+        self.D._no_weight_decay = True
+        if rmsnorm:
+            self.norm = RMSNormGated(self.d_ssm, eps=1e-5, norm_before_gate=norm_before_gate,
+                                     group_size=self.d_ssm // ngroups, **factory_kwargs)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
+
+    def _split(self, zxbcdt):
+        d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * self.ngroups * self.d_state - self.nheads) // 2
+        sizes = [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * self.ngroups * self.d_state, self.nheads]
+        return torch.split(zxbcdt, sizes, dim=-1)
+
+    def _dt(self, dt):
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (..., H)
+        if self.dt_limit != (0.0, float("inf")):
+            dt = dt.clamp(*self.dt_limit)
+        return dt
+
+    def _D(self):
+        return self.D.float().view(self.nheads, self.headdim if self.D_has_hdim else 1)  # (H, P) or (H, 1)
+
+    def _finish(self, y, z, z0, x0):
+        """Gate/normalise y (..., d_ssm), prepend the optional gated-MLP part, project out."""
+        y = self.norm(y, z) if self.rmsnorm else y * self.act(z)
+        if z0.shape[-1] > 0:
+            y = torch.cat([F.silu(z0) * x0, y], dim=-1)
+        return self.out_proj(y)
+
+    def forward(self, hidden_states, inference_params=None):
+        """hidden_states (B, L, D) -> (B, L, D). With inference_params: prefill stores states, offset > 0 steps."""
+        Bsz, L, _ = hidden_states.shape
+        conv_state = ssm_state = None
+        if inference_params is not None:
+            conv_state, ssm_state = self._get_states_from_cache(inference_params, Bsz)
+            if inference_params.seqlen_offset > 0:
+                out, _, _ = self.step(hidden_states, conv_state, ssm_state)  # states updated in place
+                return out
+        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states))
+        xBC = xBC.transpose(1, 2)  # (B, d_conv_in, L)
+        if conv_state is not None:
+            conv_state.copy_(F.pad(xBC, (self.d_conv - L, 0)))
+        xBC = self.act(self.conv1d(xBC)[..., :L]).transpose(1, 2)  # (B, L, d_ssm + 2GN)
+        GN = self.ngroups * self.d_state
+        x, B, C = torch.split(xBC, [self.d_ssm, GN, GN], dim=-1)
+        x = x.unflatten(-1, (self.nheads, self.headdim)).float()  # (B, L, H, P)
+        B = B.unflatten(-1, (self.ngroups, self.d_state)).float()  # (B, L, G, N)
+        C = C.unflatten(-1, (self.ngroups, self.d_state)).float()
+        dt = self._dt(dt)  # (B, L, H)
+        A = -torch.exp(self.A_log.float())  # (H,)
+        if self.chunked:
+            y, last_state = ssd_chunked(x, dt, A, B, C, self.chunk_size)
+        else:
+            y, last_state = ssd_ref(x, dt, A, B, C)
+        if ssm_state is not None:
+            ssm_state.copy_(last_state)
+        y = (y + x * self._D()).flatten(-2).to(hidden_states.dtype)  # (B, L, d_ssm)
+        return self._finish(y, z, z0, x0)
+
+    def step(self, hidden_states, conv_state, ssm_state):
+        """One decoding step: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state), states updated in place."""
+        dtype = hidden_states.dtype
+        assert hidden_states.shape[1] == 1, f"step decodes one token at a time, got {hidden_states.shape[1]}"
+        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states.squeeze(1)))
+        xBC = self.act(_conv_step(conv_state, xBC, self.conv1d)).to(dtype)  # (B, d_ssm + 2GN)
+        GN = self.ngroups * self.d_state
+        x, B, C = torch.split(xBC, [self.d_ssm, GN, GN], dim=-1)
+        rep = self.nheads // self.ngroups
+        x = x.unflatten(-1, (self.nheads, self.headdim)).float()  # (B, H, P)
+        B = B.unflatten(-1, (self.ngroups, self.d_state)).float().repeat_interleave(rep, dim=1)  # (B, H, N)
+        C = C.unflatten(-1, (self.ngroups, self.d_state)).float().repeat_interleave(rep, dim=1)
+        dt = self._dt(dt)  # (B, H)
+        dA = torch.exp(dt * -torch.exp(self.A_log.float()))  # (B, H)
+        dBx = (dt.unsqueeze(-1) * x).unsqueeze(-1) * B.unsqueeze(2)  # (B, H, P, N)
+        ssm_state.copy_(ssm_state * dA[..., None, None] + dBx)
+        y = torch.einsum("bhpn,bhn->bhp", ssm_state.float(), C) + x * self._D()  # (B, H, P)
+        out = self._finish(y.flatten(-2).to(dtype), z, z0, x0)
+        return out.unsqueeze(1), conv_state, ssm_state
+
+    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
+        """Returns zeroed (conv_state (B, d_ssm + 2GN, W), ssm_state (B, H, P, N))."""
+        device = self.out_proj.weight.device
+        conv_dim = self.conv1d.weight.shape[0]
+        # same memory layout as mamba-ssm: allocated (B, W, conv_dim) and viewed transposed
+        conv_state = torch.zeros(batch_size, self.d_conv, conv_dim, device=device,
+                                 dtype=dtype or self.conv1d.weight.dtype).transpose(1, 2)
+        ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
+                                dtype=dtype or self.in_proj.weight.dtype)
+        return conv_state, ssm_state
+
+    def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
+        assert self.layer_idx is not None, "Mamba2 needs layer_idx to keep its states in inference_params"
+        cache = inference_params.key_value_memory_dict
+        if self.layer_idx not in cache:
+            cache[self.layer_idx] = self.allocate_inference_cache(batch_size, inference_params.max_seqlen)
+        conv_state, ssm_state = cache[self.layer_idx]
+        if initialize_states:
+            conv_state.zero_()
+            ssm_state.zero_()
+        return conv_state, ssm_state
+
+
+# -----------------------------------------------------------------------------
+# Factory: mamba-ssm's fused modules on CUDA when available, ours otherwise
+
+def _load_mamba_ssm(version):
+    """Import mamba-ssm's module class lazily (importing it pulls in triton/CUDA extensions)."""
+    if version == 1:
+        from mamba_ssm.modules.mamba_simple import Mamba as cls
+    else:
+        from mamba_ssm.modules.mamba2 import Mamba2 as cls
+    return cls
+
+
+def create_mamba_mixer(d_model, version, layer_idx, device=None, dtype=None, **kw):
+    """Mamba mixer for `version` 1 or 2: mamba-ssm's on CUDA when importable (and not overridden), else ours."""
+    global _WARNED
+    if version not in (1, 2):
+        raise ValueError(f"mamba version must be 1 or 2, got {version!r}")
+    on_cuda = torch.device(device).type == "cuda" if device is not None else False
+    want_cuda = _IMPL == "cuda" or (_IMPL == "auto" and on_cuda)
+    if want_cuda:
+        try:
+            cls = _load_mamba_ssm(version)
+            return cls(d_model, layer_idx=layer_idx, device=device, dtype=dtype, **kw)
+        except ImportError as e:
+            if _IMPL == "cuda":
+                raise RuntimeError(f"set_mamba_impl('cuda') needs mamba-ssm ({e}); install it on a CUDA machine with "
+                                   "`pip install mamba-ssm causal-conv1d --no-build-isolation`") from e
+            if not _WARNED:
+                _WARNED = True
+                logger.warning("=" * 80 + "\nmamba-ssm fast path NOT available (%s): using the pure-PyTorch Mamba on "
+                               "CUDA, which is much slower. Install: pip install mamba-ssm causal-conv1d "
+                               "--no-build-isolation\n" + "=" * 80, e)
+    cls = Mamba if version == 1 else Mamba2
+    return cls(d_model, layer_idx=layer_idx, device=device, dtype=dtype, **kw)
