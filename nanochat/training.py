@@ -10,6 +10,7 @@ Shape letters: B = device batch size, T = sequence length (tokens per row).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -334,3 +335,120 @@ class Throughput:
 
 def log_step(step: int, total: int, loss: float, lr: float, tps: float) -> None:
     print0(f"step {step:05d}/{total:05d} | loss {loss:.4f} | lr {lr:.2e} | tok/s {tps:,.0f}")
+
+
+# -----------------------------------------------------------------------------
+# RAG fine-tuning data: where queries come from, building shards, general chat tasks
+
+def resolve_query_files(kb_path, queries_train=None, queries_val=None) -> tuple[dict, str]:
+    """({split: path}, how they were found): explicit flags, else queries_*.jsonl beside the KB (the
+    example mode writes them there) or inside it; ({}, "documents") when none exist."""
+    if queries_train:
+        files = {"train": Path(queries_train)}
+        if queries_val:
+            files["val"] = Path(queries_val)
+        for split, p in files.items():
+            if not p.is_file():
+                raise FileNotFoundError(f"--queries_{split}: file not found: {p}")
+        return files, "flags"
+    kb_path = Path(kb_path)
+    for where in (kb_path.parent, kb_path):
+        if (where / "queries_train.jsonl").is_file():
+            files = {"train": where / "queries_train.jsonl"}
+            if (where / "queries_val.jsonl").is_file():
+                files["val"] = where / "queries_val.jsonl"
+            return files, f"files beside the KB ({where})"
+    return {}, "documents"
+
+
+def build_rag_dataset(kb_path, args, dataset_dir, work_dir, tokenizer) -> Path:
+    """Precompute retrieval for the queries once, then let nanochat.raft write the shards.
+
+    Without query files the questions are built from the documents (nanochat.doc_questions).
+    Uses the modules' own CLIs so the flags here are exactly the workflow's.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    files, how = resolve_query_files(kb_path, args.queries_train, args.queries_val)
+    if not files:
+        from nanochat import doc_questions
+        files = doc_questions.write_query_files(kb_path, work_dir, seed=args.seed)
+        how = "questions built from the documents (nanochat.doc_questions)"
+    logger.info("rag_finetune: training queries from %s: %s", how, {k: str(v) for k, v in files.items()})
+    print0(f"queries: {how}")
+    if "val" not in files:  # hold out 10% of train queries for validation loss
+        files = split_train_val(files["train"], work_dir, seed=args.seed)
+    tok_dir = work_dir / "tokenizer"
+    tokenizer.save(str(tok_dir))
+    from nanochat import precompute, raft
+    retrieval = work_dir / "retrieval.parquet"
+    precompute.main(["--knowledge_base", str(kb_path), "--retriever_type", args.retriever_type, "--queries",
+                     *[f"{k}={v}" for k, v in files.items()], "--k_max", str(max(20, args.top_k)),
+                     "--output", str(retrieval)])
+    raft.main(["--knowledge_base", str(kb_path), "--retrieval", str(retrieval), "--queries_train", str(files["train"]),
+               "--queries_val", str(files["val"]), "--tokenizer", str(tok_dir), "--top_k", str(args.top_k),
+               "--p_gold", str(args.p_gold), "--max_seq_len", str(args.max_seq_len),
+               "--max_doc_length", str(args.max_doc_length), "--seed", str(args.seed), "--output", str(dataset_dir)])
+    return Path(dataset_dir)
+
+
+def split_train_val(train_path, work_dir, seed: int = 0, val_frac: float = 0.1) -> dict:
+    """Hold out a seeded share of the training queries as a validation file (whole lines, unchanged)."""
+    lines = [l for l in Path(train_path).read_text(encoding="utf-8").splitlines() if l.strip()]
+    order = np.random.default_rng(seed).permutation(len(lines))
+    n_val = max(1, int(len(lines) * val_frac))
+    out = {}
+    for split, idx in (("train", sorted(order[n_val:])), ("val", sorted(order[:n_val]))):
+        out[split] = Path(work_dir) / f"queries_{split}.jsonl"
+        with atomic_path(out[split]) as tmp:
+            tmp.write_text("".join(lines[i] + "\n" for i in idx), encoding="utf-8")
+    return out
+
+
+_warned_tasks: set = set()
+
+
+def find_base_task(name: str, base_dir) -> Path | None:
+    """A general chat task cached locally as JSONL of {"messages": [...]} (no downloads at run time)."""
+    roots = [Path(base_dir) / "base_tasks"] + ([Path(os.environ["NANOCHAT_TASKS_DIR"])] if os.environ.get("NANOCHAT_TASKS_DIR") else [])
+    for root in roots:
+        for cand in (root / f"{name}.jsonl", root / f"{name.lower()}.jsonl"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def load_base_tasks(spec: str | None, task_samples: int, tokenizer, base_dir, max_seq_len: int, seed: int = 0) -> list:
+    """Rendered (ids, mask) examples of the requested general tasks.
+
+    spec None means the guide's default "SmolTalk": used if cached, else one warning and RAG data only.
+    An explicitly named task that is not cached is an error; "" or "none" turns mixing off.
+    """
+    explicit = spec is not None
+    names = [n.strip() for n in (spec if explicit else "SmolTalk").split(",") if n.strip() and n.strip().lower() != "none"]
+    examples = []
+    for name in names:
+        path = find_base_task(name, base_dir)
+        if path is None:
+            where = Path(base_dir) / "base_tasks" / f"{name}.jsonl"
+            if explicit:
+                raise FileNotFoundError(f"--base_tasks {name}: not available offline (expected {where} with one "
+                                        f'{{"messages": [...]}} per line); cache it there or pass --base_tasks none')
+            if name not in _warned_tasks:
+                _warned_tasks.add(name)
+                logger.warning("base task %s is not cached at %s; fine-tuning on RAG data only", name, where)
+            continue
+        convs = []
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    rec = json.loads(line)
+                    if "messages" not in rec:
+                        raise ValueError(f"{path}:{line_no}: field 'messages' missing")
+                    convs.append(rec)
+        if task_samples > 0 and len(convs) > task_samples:
+            pick = np.random.default_rng([seed, len(examples)]).choice(len(convs), task_samples, replace=False)
+            convs = [convs[i] for i in sorted(pick)]
+        examples += [tokenizer.render_conversation(c, max_tokens=max_seq_len + 1) for c in convs]
+        print0(f"base task {name}: {len(convs)} conversations from {path}")
+    return examples

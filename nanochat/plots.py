@@ -1,0 +1,82 @@
+"""PNG plots for the evaluation report (matplotlib, headless Agg backend).
+
+metric_bars: EM / F1 by condition (retrieval, no retrieval, oracle) plus citation metrics.
+em_by_hops:  EM per hop count and condition (single- vs multi-hop questions).
+training_curves: train / val loss from a fine-tune's metrics.csv.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nanochat.common import atomic_path  # noqa: E402
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _nz(v) -> float:
+    return 0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def metric_bars(metrics: dict, path) -> Path:
+    """Grouped bars: EM and F1 under each condition, then citation precision/recall and unsupported rate."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    groups = [("EM", ["em", "em_no_retrieval", "em_oracle"]), ("F1", ["f1", "f1_no_retrieval", "f1_oracle"])]
+    colours = ["tab:blue", "tab:gray", "tab:green"]
+    labels = ["with retrieval", "no retrieval", "oracle docs"]
+    for gi, (_, keys) in enumerate(groups):
+        for ci, key in enumerate(keys):
+            ax.bar(gi + (ci - 1) * 0.25, _nz(metrics.get(key)), 0.25, color=colours[ci], label=labels[ci] if gi == 0 else None)
+    extra = [("cit. P", "citation_precision"), ("cit. R", "citation_recall"), ("unsupported", "unsupported_rate")]
+    for j, (_, key) in enumerate(extra):
+        ax.bar(2 + j * 0.6, _nz(metrics.get(key)), 0.4, color="tab:orange")
+    ax.set_xticks([0, 1] + [2 + j * 0.6 for j in range(len(extra))], [g for g, _ in groups] + [e for e, _ in extra])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score")
+    ax.set_title(f"RAG evaluation (n={metrics.get('n')}, k={metrics.get('k')})")
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)
+
+
+def em_by_hops(metrics: dict, path) -> Path:
+    """EM per hop count for each condition (from metrics['em_by_hops'])."""
+    by = metrics.get("em_by_hops", {})
+    hops = sorted(by, key=int)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for ci, (cond, colour) in enumerate([("retrieval", "tab:blue"), ("no_retrieval", "tab:gray"), ("oracle", "tab:green")]):
+        ax.bar([i + (ci - 1) * 0.25 for i in range(len(hops))], [_nz(by[h].get(cond)) for h in hops], 0.25,
+               color=colour, label=cond.replace("_", " "))
+    ax.set_xticks(range(len(hops)), [f"{h}-hop" for h in hops])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("exact match")
+    ax.set_title("EM by hop count")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def training_curves(csv_path, path) -> Path:
+    """Train loss per step and val loss where measured, from a metrics.csv written by MetricsLogger."""
+    from nanochat.training import read_metrics_csv
+    cols = read_metrics_csv(csv_path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = cols.get("step", [])
+    ax.plot(steps, cols.get("loss", []), label="train loss", lw=1)
+    val = [(s, v) for s, v in zip(steps, cols.get("val_loss", [])) if not math.isnan(v)]
+    if val:
+        ax.plot([s for s, _ in val], [v for _, v in val], "o-", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_title(f"training curves: {Path(csv_path).parent.name}")
+    ax.legend()
+    return _save(fig, path)
