@@ -1,0 +1,59 @@
+"""Mamba block: x + mixer(norm(x)), then x + mlp(norm(x)).
+
+The mixer comes from `nanochat.mamba.create_mamba_mixer`, so its parameters are named
+exactly as in mamba-ssm (`in_proj`, `conv1d`, ..., `out_proj`) under the `mixer.` prefix and a
+checkpoint loads into either implementation. During generation the mixer reads and writes its
+conv + SSM state in `cache.mamba_params` (a mamba-ssm style InferenceParams).
+"""
+import torch
+import torch.nn as nn
+
+from nanochat.blocks.base import MLP, Block, norm
+
+
+def mixer_kwargs(config):
+    kw = dict(d_state=config.mamba_d_state, d_conv=config.mamba_d_conv, expand=config.mamba_expand)
+    if config.mamba_version == 2:
+        kw["headdim"] = config.mamba_headdim
+    return kw
+
+
+class MambaBlock(Block):
+    kind = "M"
+
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx)
+        from nanochat.mamba import create_mamba_mixer  # lazy: transformer-only models never need it
+        self.n_embd = config.n_embd
+        self.version = config.mamba_version
+        self.kw = mixer_kwargs(config)
+        self.mixer = create_mamba_mixer(config.n_embd, config.mamba_version, layer_idx, **self.kw)
+        self.mlp = MLP(config.n_embd)
+        self.d_inner = config.mamba_expand * config.n_embd
+        self.d_state = config.mamba_d_state
+
+    def forward(self, x, cos_sin=None, cache=None):
+        params = None if cache is None else cache.mamba_params
+        h = norm(x)  # (B, T, C)
+        if params is not None and params.seqlen_offset > 0 and h.size(1) > 1:
+            # a mixer steps one token at a time once its state exists (mamba-ssm's step asserts T == 1)
+            y = torch.cat([self.mixer(h[:, t:t + 1], inference_params=params) for t in range(h.size(1))], dim=1)
+        else:
+            y = self.mixer(h, inference_params=params)  # (B, T, C)
+        x = x + y
+        x = x + self.mlp(norm(x))
+        return x
+
+    @torch.no_grad()
+    def init_weights(self):
+        # the mixer's own init (dt bias, A_log, D, conv) is part of Mamba's recipe: take it from a
+        # freshly built mixer, which also repairs a model that was created on the meta device
+        from nanochat.mamba import create_mamba_mixer
+        fresh = create_mamba_mixer(self.n_embd, self.version, self.layer_idx, device="cpu", **self.kw)
+        self.mixer.load_state_dict(fresh.state_dict())
+        nn.init.zeros_(self.mixer.out_proj.weight)  # residual branch starts as identity, as c_proj does
+        self.mlp.init_weights()
+
+    def extra_flops_per_token(self, seq_len):
+        # selective scan: ~6 FLOPs per (channel, state) element forward, x3 with backward (approximate)
+        return 18 * self.d_inner * self.d_state

@@ -1,0 +1,186 @@
+"""Hybrid GPT: nanochat's transformer with some layers swapped for Mamba blocks.
+
+`block_pattern` has one letter per layer: "T" = attention + MLP, "M" = Mamba mixer + MLP.
+Everything else follows nanochat: token embedding, rotary positions (no learned positions),
+QK-norm, parameter-free RMSNorm, ReLU^2 MLP, untied lm_head, tanh logit softcap, no biases.
+
+Shape letters: B batch, T time, C n_embd, V vocab, H heads, D head dim.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanochat.blocks import BLOCKS, build_block, norm
+
+SOFTCAP = 15  # logits = SOFTCAP * tanh(logits / SOFTCAP), as nanochat
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 6                 # query heads
+    n_kv_head: int | None = None    # key/value heads (GQA); None = n_head
+    n_embd: int = 768
+    block_pattern: list | str | None = None  # "T,T,M,M", "TTMM" or ["T", "M"]; None = all "T"
+    mamba_version: int | None = None         # 1 or 2; None = nanochat.mamba.DEFAULT_MAMBA_VERSION
+    mamba_d_state: int = 16
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_headdim: int = 64                  # Mamba2 only
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        self.block_pattern = parse_block_pattern(self.block_pattern, self.n_layer)
+        if self.mamba_version is None:
+            from nanochat.mamba import DEFAULT_MAMBA_VERSION
+            self.mamba_version = DEFAULT_MAMBA_VERSION
+        self.validate()
+
+    def validate(self):
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"head dim n_embd/n_head={self.n_embd // self.n_head} must be even for rotary embeddings")
+        if self.n_kv_head < 1 or self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (GQA)")
+        if self.mamba_version not in (1, 2):
+            raise ValueError(f"mamba_version must be 1 or 2, got {self.mamba_version!r}")
+        if self.mamba_version == 2 and "M" in self.block_pattern:
+            d_inner = self.mamba_expand * self.n_embd
+            if d_inner % self.mamba_headdim != 0:
+                raise ValueError(f"Mamba2 needs mamba_expand*n_embd={d_inner} divisible by mamba_headdim="
+                                 f"{self.mamba_headdim}; choose e.g. --mamba_headdim {math.gcd(d_inner, 64)}")
+
+
+def parse_block_pattern(pattern, n_layer):
+    """Normalise "T,T,M", "TTM", ["T", "M"] or None to a list of n_layer known letters."""
+    if pattern is None:
+        return ["T"] * n_layer
+    if isinstance(pattern, str):
+        letters = [p.strip().upper() for p in pattern.split(",")] if "," in pattern else list(pattern.strip().upper())
+    elif isinstance(pattern, (list, tuple)):
+        letters = [str(p).strip().upper() for p in pattern]
+    else:
+        raise TypeError(f"block_pattern must be a string or list of letters, got {type(pattern).__name__}")
+    letters = [p for p in letters if p not in ("", " ")]
+    unknown = sorted({p for p in letters if p not in BLOCKS})
+    if unknown:
+        raise ValueError(f"block_pattern {pattern!r} has unknown block type(s) {unknown}; known: {sorted(BLOCKS)} "
+                         f"('T' = transformer, 'M' = Mamba)")
+    if len(letters) != n_layer:
+        raise ValueError(f"block_pattern {pattern!r} has {len(letters)} layers but n_layer={n_layer}; "
+                         f"give one letter per layer")
+    return letters
+
+
+def suggest_hybrid_pattern(n_layer):
+    """The guide's recommended shape: early transformer layers (~40%), late Mamba layers."""
+    n_t = round(0.4 * n_layer) if n_layer > 1 else 0
+    return ",".join(["T"] * n_t + ["M"] * (n_layer - n_t))
+
+
+def require_mamba(config):
+    """RAG/REFRAG fine-tuning needs at least one Mamba block (the guide's model requirement)."""
+    if "M" not in config.block_pattern:
+        raise ValueError(
+            f"RAG requires Mamba or hybrid models (block_pattern must contain \"M\"), but this model is pure "
+            f"transformer: block_pattern={','.join(config.block_pattern)}. Use a model with Mamba blocks:\n"
+            f"--block_pattern \"{suggest_hybrid_pattern(config.n_layer)}\""
+        )
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            h=nn.ModuleList([build_block(kind, config, i) for i, kind in enumerate(config.block_pattern)]),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # rotary tables for 10x the training length (cheap), so generation may run past sequence_len
+        self.rotary_seq_len = config.sequence_len * 10
+        head_dim = config.n_embd // config.n_head
+        cos, sin = self._precompute_rotary(self.rotary_seq_len, head_dim)
+        self.register_buffer("cos", cos, persistent=False)  # (1, Tmax, 1, D/2)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @staticmethod
+    def _precompute_rotary(seq_len, head_dim, base=10000, device=None):
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+        t = torch.arange(seq_len, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, inv_freq)  # (Tmax, D/2)
+        return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]
+
+    @torch.no_grad()
+    def init_weights(self):
+        """nanochat's init: unit-std embedding, tiny lm_head, blocks init themselves (zeroed output projections)."""
+        nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
+        for block in self.transformer.h:
+            block.init_weights()
+        # buffers are not saved in checkpoints: recompute them (a model built on "meta" has none)
+        cos, sin = self._precompute_rotary(self.rotary_seq_len, self.config.n_embd // self.config.n_head,
+                                           device=self.lm_head.weight.device)
+        self.cos, self.sin = cos, sin
+
+    @property
+    def has_mamba(self):
+        return "M" in self.config.block_pattern
+
+    def get_device(self):
+        return self.transformer.wte.weight.device
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def estimate_flops(self):
+        """Training FLOPs per token (fwd + bwd): 6 per non-embedding weight, plus attention/scan terms."""
+        nparams_embedding = self.transformer.wte.weight.numel()
+        extra = sum(block.extra_flops_per_token(self.config.sequence_len) for block in self.transformer.h)
+        return 6 * (self.num_params() - nparams_embedding) + extra
+
+    def setup_optimizer(self, lr, weight_decay=0.0, betas=(0.9, 0.95)):
+        """AdamW with weight decay on matrices only; embeddings, lm_head and Mamba's
+        A_log / D / biases / conv (1-D or flagged `_no_weight_decay`) are never decayed."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            skip = (p.dim() < 2 or getattr(p, "_no_weight_decay", False) or name.startswith("transformer.wte")
+                    or name.startswith("lm_head") or "conv1d" in name)
+            (no_decay if skip else decay).append(p)
+        groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+        groups = [g for g in groups if g["params"]]
+        fused = self.get_device().type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, fused=fused)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]  # for LR schedules that scale from the start value
+        return optimizer
+
+    def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
+        """idx: (B, T) token ids. Returns logits (B, T, V) or, with targets (B, T; -1 = ignore), the loss."""
+        B, T = idx.size()
+        T0 = 0 if kv_cache is None else kv_cache.get_pos()
+        if T0 + T > self.rotary_seq_len:
+            raise ValueError(f"sequence of {T0 + T} tokens exceeds the rotary table ({self.rotary_seq_len} = "
+                             f"10 x sequence_len={self.config.sequence_len}); use shorter inputs")
+        cos_sin = self.cos[:, T0:T0 + T], self.sin[:, T0:T0 + T]  # (1, T, 1, D/2)
+        x = norm(self.transformer.wte(idx))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, cos_sin, kv_cache)
+        x = norm(x)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        logits = self.lm_head(x).float()  # (B, T, V)
+        logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                               reduction=loss_reduction)
