@@ -1,0 +1,135 @@
+"""Split documents into sentence-aware, token-budgeted chunks with overlap.
+
+Token counting uses a deliberately simple, deterministic tokenizer: a token is a run of word
+characters (`\\w+`) or a single other non-space character (punctuation). It needs no model,
+gives the same answer on every machine, and is close enough to subword counts (~1.3 BPE
+tokens per word) to size chunks for the model's context.
+
+Chunks are spans of the original text (never rewritten), so every character of a document
+that belongs to some token appears in at least one chunk. A chunk ends at a sentence boundary
+when one fits in the budget; a sentence longer than the budget is cut at word level. The next
+chunk starts up to `overlap` tokens back, at a sentence start when one lies in that window.
+
+    python -m nanochat.chunking --input valid.jsonl --output chunks.parquet --chunk_tokens 256 --overlap 32
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import re
+import sys
+from pathlib import Path
+
+from nanochat.common import atomic_path
+
+TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+SENTENCE_END = {".", "!", "?"}
+TOKENIZER_ID = "regex-word-punct-v1"
+CHUNK_COLUMNS = ["id", "doc_id", "chunk_index", "title", "content", "source", "metadata", "n_tokens", "char_start", "char_end"]
+
+
+def count_tokens(text: str) -> int:
+    return sum(1 for _ in TOKEN_RE.finditer(text))
+
+
+def _sentence_starts(text: str, spans: list[tuple[int, int]]) -> list[int]:
+    """Token indices that begin a sentence: after . ! ? followed by whitespace, or after a line break."""
+    starts = [0]
+    for i in range(1, len(spans)):
+        gap = text[spans[i - 1][1]:spans[i][0]]
+        prev = text[spans[i - 1][0]:spans[i - 1][1]]
+        if "\n" in gap or (prev in SENTENCE_END and gap):
+            starts.append(i)
+    return starts
+
+
+def chunk_spans(text: str, chunk_tokens: int = 256, overlap: int = 32) -> list[tuple[int, int]]:
+    """Character spans (start, end) of the chunks of one text; see the module docstring."""
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if not 0 <= overlap < chunk_tokens:
+        raise ValueError(f"overlap must be in [0, chunk_tokens={chunk_tokens}), got {overlap}")
+    spans = [m.span() for m in TOKEN_RE.finditer(text)]
+    n = len(spans)
+    if n <= chunk_tokens:
+        return [(0, len(text))]
+    bounds = _sentence_starts(text, spans) + [n]  # sorted token indices where a chunk may end/start
+    out, a = [], 0
+    while True:
+        limit = a + chunk_tokens
+        if limit >= n:
+            b = n
+        else:
+            j = bisect.bisect_right(bounds, limit) - 1   # last sentence boundary <= limit
+            b = bounds[j] if bounds[j] > a else limit     # none inside: cut the long sentence by words
+        out.append((spans[a][0], spans[b - 1][1]))
+        if b == n:
+            return out
+        lo = max(b - overlap, a + 1)
+        j = bisect.bisect_left(bounds, lo)               # earliest sentence start inside the overlap window
+        a = bounds[j] if bounds[j] < b else (lo if overlap > 0 else b)
+
+
+def chunk_documents(docs: list[dict], chunk_tokens: int = 256, overlap: int = 32, show_progress: bool = False) -> list[dict]:
+    """Documents -> chunk rows with stable ids `<doc_id>#<k>` and the parent's title/source/metadata."""
+    from tqdm import tqdm
+    rows = []
+    for doc in tqdm(docs, desc="chunking", unit="doc", disable=not show_progress):
+        text = doc["content"]
+        for k, (s, e) in enumerate(chunk_spans(text, chunk_tokens, overlap)):
+            piece = text[s:e]
+            rows.append({
+                "id": f"{doc['id']}#{k}", "doc_id": doc["id"], "chunk_index": k,
+                "title": doc.get("title") or doc["id"], "content": piece.strip() if k == 0 and s == 0 and e == len(text) else piece,
+                "source": doc.get("source"), "metadata": dict(doc.get("metadata") or {}),
+                "n_tokens": count_tokens(piece), "char_start": s, "char_end": e,
+            })
+    return rows
+
+
+def chunks_to_frame(rows: list[dict]):
+    """Chunk rows -> DataFrame as stored in chunks.parquet (metadata as a JSON string: Parquet needs one schema)."""
+    import pandas as pd
+    df = pd.DataFrame(rows, columns=CHUNK_COLUMNS)
+    df["metadata"] = [json.dumps(m or {}, ensure_ascii=False, sort_keys=True) for m in df["metadata"]]
+    df["source"] = df["source"].astype(object).where(df["source"].notna(), None)
+    return df
+
+
+def write_chunks(rows: list[dict], path: str | Path) -> None:
+    df = chunks_to_frame(rows)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def read_chunks(path: str | Path):
+    """chunks.parquet -> DataFrame; checks the columns so a wrong file fails here, not in a retriever."""
+    import pandas as pd
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"chunks file not found: {path}")
+    df = pd.read_parquet(path)
+    missing = [c for c in ("id", "doc_id", "title", "content") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: not a chunks file, missing column(s) {missing}; make one with python -m nanochat.chunking")
+    return df
+
+
+def main(argv=None) -> int:
+    from nanochat.cli import ArgumentParser
+    from nanochat.documents import load_documents
+    parser = ArgumentParser(description="Chunk validated documents into chunks.parquet.")
+    parser.add_argument("--input", required=True, help="valid documents JSONL (output of python -m nanochat.documents)")
+    parser.add_argument("--output", required=True, help="chunks.parquet to write")
+    parser.add_argument("--chunk_tokens", type=int, default=256, help="max tokens per chunk (regex word/punct tokens)")
+    parser.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive chunks of a document")
+    args = parser.parse_args(argv)
+    docs = load_documents(args.input, mode="strict")
+    rows = chunk_documents(docs, args.chunk_tokens, args.overlap, show_progress=True)
+    write_chunks(rows, args.output)
+    print(f"wrote {len(rows)} chunks from {len(docs)} documents to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Read and validate a user's documents (documents.jsonl or a folder of .md/.txt files).
+
+Format, one JSON object per line:
+    {"id": "doc_001", "title": "Return Policy", "content": "...", "source": "optional", "metadata": {...}}
+
+Every problem is reported as `file:line: field: problem`, so a user with 10,000 lines can fix
+them all in one pass. Strict mode raises with the whole list; lenient mode keeps the good records
+and writes each bad line verbatim, with its reasons, to a rejected file. Nothing is dropped silently.
+
+    python -m nanochat.documents --input docs.jsonl --output valid.jsonl --rejected rejected.jsonl --mode lenient
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nanochat.common import atomic_path
+
+MAX_WORDS_WARN = 2000  # the guide's best practices: documents above ~2000 words retrieve poorly
+ALLOWED_CONTROL = {"\n", "\t", "\r"}
+KNOWN_FIELDS = {"id", "title", "content", "source", "metadata"}
+
+
+class DocumentValidationError(ValueError):
+    """Raised in strict mode; `.problems` holds every `file:line: field: problem` string."""
+
+    def __init__(self, problems: list[str], total: int | None = None, max_errors: int = 50):
+        self.problems = problems
+        total = len(problems) if total is None else total
+        shown = problems[:max_errors]
+        lines = [f"{total} problem(s) found in the documents:"] + ["  " + p for p in shown]
+        if total > len(shown):
+            lines.append(f"  ... and {total - len(shown)} more")
+        lines.append("Fix these records, or pass --mode lenient to keep the valid ones and write the rest to rejected.jsonl.")
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class ValidationReport:
+    documents: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)   # {"line", "reasons", "raw"}
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return [r for rec in self.rejected for r in rec["reasons"]]
+
+
+def normalize_content(text: str) -> str:
+    """What counts as 'the same content' for duplicate detection: case and whitespace ignored."""
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(normalize_content(text).encode("utf-8")).hexdigest()
+
+
+def _control_chars(text: str) -> list[str]:
+    bad = sorted({c for c in text if unicodedata.category(c) == "Cc" and c not in ALLOWED_CONTROL})
+    return [f"U+{ord(c):04X}" for c in bad]
+
+
+class _Validator:
+    """Checks records one at a time; remembers ids and content hashes to catch duplicates."""
+
+    def __init__(self):
+        self.seen_ids: dict[str, str] = {}
+        self.seen_content: dict[str, str] = {}
+
+    def check(self, obj, where: str) -> tuple[dict | None, list[str], list[str]]:
+        """-> (clean document or None, errors, warnings); messages are prefixed with `where`."""
+        if not isinstance(obj, dict):
+            return None, [f"{where}: record: expected a JSON object, got {type(obj).__name__}"], []
+        errors, warnings = [], []
+        doc = {}
+        for name in ("id", "content"):
+            value = obj.get(name)
+            if name not in obj:
+                errors.append(f"{where}: {name}: missing (required)")
+            elif not isinstance(value, str):
+                errors.append(f"{where}: {name}: expected a string, got {type(value).__name__}")
+            elif not value.strip():
+                errors.append(f"{where}: {name}: empty")
+            else:
+                doc[name] = value.strip() if name == "id" else value
+        title = obj.get("title")
+        if title is None or (isinstance(title, str) and not title.strip()):
+            if "id" in doc:
+                warnings.append(f"{where}: title: missing, using the id {doc['id']!r} as title")
+            doc["title"] = doc.get("id", "")
+        elif not isinstance(title, str):
+            errors.append(f"{where}: title: expected a string, got {type(title).__name__}")
+        else:
+            doc["title"] = title.strip()
+        source = obj.get("source")
+        if source is not None and not isinstance(source, str):
+            errors.append(f"{where}: source: expected a string or null, got {type(source).__name__}")
+        doc["source"] = source
+        metadata = obj.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            errors.append(f"{where}: metadata: expected an object or null, got {type(metadata).__name__}")
+        doc["metadata"] = metadata or {}
+        for name in ("id", "title", "content"):
+            if isinstance(obj.get(name), str) and (bad := _control_chars(obj[name])):
+                errors.append(f"{where}: {name}: control character(s) {', '.join(bad)} (only newline, tab allowed)")
+        extra = sorted(set(obj) - KNOWN_FIELDS)
+        if extra:
+            warnings.append(f"{where}: {', '.join(extra)}: unknown field(s) ignored (put extra data under 'metadata')")
+        if errors:
+            return None, errors, warnings
+        if doc["id"] in self.seen_ids:
+            errors.append(f"{where}: id: duplicate id {doc['id']!r} (first seen at {self.seen_ids[doc['id']]})")
+        h = content_hash(doc["content"])
+        if h in self.seen_content:
+            errors.append(f"{where}: content: duplicate content (same text as {self.seen_content[h]})")
+        if errors:
+            return None, errors, warnings
+        self.seen_ids[doc["id"]] = where
+        self.seen_content[h] = where
+        n_words = len(doc["content"].split())
+        if n_words > MAX_WORDS_WARN:
+            warnings.append(f"{where}: content: {n_words} words (> {MAX_WORDS_WARN}); it will be chunked, "
+                            "but focused documents of 200-500 words retrieve better")
+        return doc, errors, warnings
+
+
+def validate_jsonl(path: str | Path) -> ValidationReport:
+    """Check every line of a documents JSONL file; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"documents file not found: {path}")
+    report, validator = ValidationReport(), _Validator()
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            raw_text = raw.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                report.rejected.append({"line": lineno, "reasons": [f"{where}: line: invalid UTF-8 at byte {e.start}"], "raw": raw_text})
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                report.rejected.append({"line": lineno, "reasons": [f"{where}: json: invalid JSON ({e.msg} at column {e.colno})"], "raw": raw_text})
+                continue
+            doc, errors, warnings = validator.check(obj, where)
+            report.warnings.extend(warnings)
+            if doc is None:
+                report.rejected.append({"line": lineno, "reasons": errors, "raw": raw_text})
+            else:
+                report.documents.append(doc)
+    return report
+
+
+def validate_records(records: list, name: str = "<documents>") -> ValidationReport:
+    """Same checks for documents handed over in Python (`where` is `name[index]`)."""
+    report, validator = ValidationReport(), _Validator()
+    for i, obj in enumerate(records):
+        doc, errors, warnings = validator.check(obj, f"{name}[{i}]")
+        report.warnings.extend(warnings)
+        if doc is None:
+            report.rejected.append({"line": i, "reasons": errors, "raw": json.dumps(obj, ensure_ascii=False, default=str)})
+        else:
+            report.documents.append(doc)
+    return report
+
+
+def documents_from_folder(folder: str | Path) -> list[dict]:
+    """One document per .md/.txt file: id = relative path, title = first `# heading` or the file name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"documents folder not found: {folder}")
+    records = []
+    for p in sorted(q for q in folder.rglob("*") if q.is_file() and q.suffix.lower() in (".md", ".txt")):
+        rel = p.relative_to(folder).as_posix()
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{p}:1: content: invalid UTF-8 at byte {e.start}") from None
+        heading = re.search(r"^#\s+(.+?)\s*#*\s*$", text, flags=re.M) if p.suffix.lower() == ".md" else None
+        title = heading.group(1) if heading else p.stem.replace("_", " ").replace("-", " ")
+        records.append({"id": rel, "title": title, "content": text, "source": str(p)})
+    if not records:
+        raise ValueError(f"{folder}: no .md or .txt files found")
+    return records
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def load_documents(path, mode: str = "strict", rejected_path=None, max_errors: int = 50, verbose: bool = True) -> list[dict]:
+    """Validated documents from a JSONL file, a folder of .md/.txt, or a list of dicts.
+
+    strict: raise DocumentValidationError listing every problem (first `max_errors`, then a count).
+    lenient: return the valid documents; write bad records (raw line, line number, reasons) to
+    `rejected_path` when given, and print a count plus the first reasons either way.
+    """
+    if mode not in ("strict", "lenient"):
+        raise ValueError(f"mode must be 'strict' or 'lenient', got {mode!r}")
+    if isinstance(path, (list, tuple)):
+        report = validate_records(list(path))
+    elif Path(path).is_dir():
+        report = validate_records(documents_from_folder(path), name=str(path))
+    else:
+        report = validate_jsonl(path)
+    log = (lambda *a: print(*a, file=sys.stderr)) if verbose else (lambda *a: None)
+    for w in report.warnings[:max_errors]:
+        log(f"WARN {w}")
+    if len(report.warnings) > max_errors:
+        log(f"WARN ... and {len(report.warnings) - max_errors} more warnings")
+    problems = report.problems
+    if mode == "strict" and problems:
+        raise DocumentValidationError(problems, max_errors=max_errors)
+    if rejected_path is not None:
+        write_jsonl(rejected_path, report.rejected)
+    if report.rejected:
+        for p in problems[:max_errors]:
+            log(f"REJECTED {p}")
+        dest = f" (written to {rejected_path})" if rejected_path else ""
+        log(f"{len(report.documents)} valid documents, {len(report.rejected)} rejected{dest}")
+    if not report.documents:
+        raise DocumentValidationError(problems or [f"{path}: no documents found"], max_errors=max_errors)
+    return report.documents
+
+
+def main(argv=None) -> int:
+    from nanochat.cli import ArgumentParser
+    parser = ArgumentParser(description="Validate documents (JSONL or a folder of .md/.txt) into a clean JSONL file.")
+    parser.add_argument("--input", required=True, help="documents.jsonl or a folder of .md/.txt files")
+    parser.add_argument("--output", required=True, help="where to write the valid documents (JSONL)")
+    parser.add_argument("--rejected", default=None, help="where to write rejected records (default: next to --output)")
+    parser.add_argument("--mode", choices=["strict", "lenient"], default="strict", help="strict: any problem is an error")
+    parser.add_argument("--max_errors", type=int, default=50, help="problems listed before '... and N more'")
+    args = parser.parse_args(argv)
+    rejected = args.rejected or str(Path(args.output).with_name("rejected.jsonl"))
+    try:
+        docs = load_documents(args.input, mode=args.mode, rejected_path=rejected, max_errors=args.max_errors)
+    except (DocumentValidationError, FileNotFoundError, ValueError) as e:
+        print(f"ERROR {e}", file=sys.stderr)
+        return 1
+    write_jsonl(args.output, docs)
+    print(f"wrote {len(docs)} documents to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
