@@ -209,3 +209,20 @@ def test_bad_conversation_and_citation_parser():
     with pytest.raises(ValueError, match='conversation must be a dict {"messages"'):
         engine.generate_from_conversation([{"role": "user", "content": "hi"}])
     assert parse_citations("[2] then [10], [2] and [x]") == [2, 10]
+
+
+def test_real_tokenizer_trims_documents_to_fit():
+    """With nanochat's Tokenizer, an over-long retrieval is trimmed to sequence_len - max_tokens, not an error."""
+    from nanochat.tokenizer import Tokenizer
+    tok = Tokenizer.train_from_iterator(["the return policy is thirty days, see the receipt"] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = GPTConfig(sequence_len=96, vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_embd=32,
+                    block_pattern="T,M", mamba_version=2, mamba_d_state=8, mamba_headdim=16)
+    model = GPT(cfg)
+    model.init_weights()
+    conv = {"messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "retrieval", "documents": [{"title": "Returns", "content": "thirty days. " * 80}]},
+                         {"role": "user", "content": "policy?"}]}
+    assert len(tok.render_for_completion(conv)) > 96
+    text, info = Engine(model.eval(), tok).generate_from_conversation(conv, max_tokens=16)
+    assert info["num_prompt_tokens"] <= 96 - 16 and len(info["tokens"]) <= 16
