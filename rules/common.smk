@@ -1,0 +1,168 @@
+"""Config validation, lookup helpers and wildcard constraints shared by every rule file.
+
+The helpers are thin: path conventions and config arithmetic live in nanochat/workflow_tools.py,
+where tests can reach them without Snakemake.
+"""
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# Jobs import nanochat/ and scripts/ from this checkout (no install needed; a SLURM job re-reads this file).
+sys.path.insert(0, workflow.basedir)
+from nanochat import workflow_tools as wt
+
+wt.use_checkout(workflow.basedir)
+
+
+validate(config, schema="../workflow/schemas/config.schema.yaml")
+wt.check_config_references(config)
+
+RUNS = sorted(config["runs"])
+KBS = sorted(config["knowledge_bases"])
+# The tokenizer and base model read the KB text through this index type (cheap to build), so that
+# changing a run's retriever settings never retrains them.
+TEXT_KB_TYPE = wt.TEXT_KB_TYPE
+ENV_CPU = "../envs/cpu.yaml"
+ENV_GPU = "../envs/gpu.yaml"
+
+
+def kb_cfg(wildcards):
+    """The knowledge_bases entry named by {kb}."""
+    return config["knowledge_bases"][wildcards.kb]
+
+
+def run_cfg(wildcards):
+    """The runs entry named by {run}."""
+    return config["runs"][wildcards.run]
+
+
+def code(*modules):
+    """Library source files a job runs, tracked as inputs (shell commands are otherwise blind to code edits)."""
+    return wt.code_files(workflow.basedir, *modules)
+
+
+def kb_setting(key):
+    """Input/params function: one key of the {kb} entry."""
+
+    def setting(wildcards):
+        return kb_cfg(wildcards)[key]
+
+    return setting
+
+
+def run_setting(dpath):
+    """Params function: one (slash-separated) key of the {run} entry, e.g. "train/max_steps"."""
+
+    def setting(wildcards):
+        return wt.get_path(run_cfg(wildcards), dpath)
+
+    return setting
+
+
+def model_setting(key):
+    """Params function: one key of the models entry named by {size}."""
+
+    def setting(wildcards):
+        return config["models"][wildcards.size][key]
+
+    return setting
+
+
+def kb_documents(wildcards):
+    """The documents.jsonl a knowledge base is built from."""
+    return kb_cfg(wildcards)["documents"]
+
+
+def kb_index_inputs(wildcards):
+    """Chunks always; embeddings only for index types that need them (dense, hybrid)."""
+    inputs = {"chunks": f"results/kb/{wildcards.kb}/chunks.parquet"}
+    if wildcards.kb_type in wt.EMBEDDING_KB_TYPES:
+        inputs["embeddings"] = f"results/kb/{wildcards.kb}/embeddings.npy"
+    return inputs
+
+
+def embeddings_flag(wildcards, input):
+    """`--embeddings FILE` for dense/hybrid indices, nothing otherwise."""
+    return f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else ""
+
+
+def text_kb(wildcards):
+    """The KB manifest the tokenizer and base model read their text from."""
+    return f"results/kb/{wildcards.kb}/{TEXT_KB_TYPE}/manifest.json"
+
+
+def run_kb(wildcards):
+    """Manifest of the KB index a run retrieves from."""
+    run = run_cfg(wildcards)
+    return f"results/kb/{run['knowledge_base']}/{run['retriever_type']}/manifest.json"
+
+
+def run_query(split):
+    """Input function: the run's query file for one split."""
+
+    def query_file(wildcards):
+        return run_cfg(wildcards)["queries"][split]
+
+    return query_file
+
+
+def run_tokenizer(wildcards):
+    """Tokenizer of the run's knowledge base."""
+    return f"results/models/{run_cfg(wildcards)['knowledge_base']}/tokenizer/tokenizer_meta.json"
+
+
+def run_base_model(wildcards):
+    """Done-marker of the run's base model."""
+    run = run_cfg(wildcards)
+    return f"results/models/{run['knowledge_base']}/{run['model']}/base_model.json"
+
+
+def base_model_tag(wildcards):
+    """Checkpoint tag of the base model of {kb} and {size}."""
+    return wt.base_model_tag(wildcards.kb, wildcards.size)
+
+
+def run_base_model_tag(wildcards):
+    """Checkpoint tag of the base model a run starts from."""
+    run = run_cfg(wildcards)
+    return wt.base_model_tag(run["knowledge_base"], run["model"])
+
+
+def run_checkpoint_done(wildcards):
+    """done.json the fine-tuning library writes last into the run's checkpoint directory."""
+    return wt.finetune_done_path(config, wildcards.run)
+
+
+def run_kb_dir(wildcards):
+    """KB directory (not its manifest) of a run, for CLIs that take the directory."""
+    return str(Path(run_kb(wildcards)).parent)
+
+
+def runs_in_mode(mode):
+    """Wildcard regex matching the runs of one mode (never matches when there are none)."""
+    names = [r for r in RUNS if config["runs"][r]["mode"] == mode]
+    return "|".join(names) if names else "(?!)"
+
+
+def hop_flags(wildcards):
+    """Multi-hop precompute flags for refrag runs (the CLI's single-hop default otherwise)."""
+    return wt.hop_args(run_cfg(wildcards))
+
+
+def torchrun_launcher(wildcards, resources):
+    """`torchrun ... --nproc_per_node=<gpu or 1>` (standalone on one node; rendezvous on several)."""
+    return wt.torchrun_prefix(resources.gpu, getattr(resources, "nodes", 1))
+
+
+def finetune_flags(wildcards):
+    """Fine-tuning CLI flags from the run's config (also the fingerprint that decides --resume)."""
+    return wt.finetune_args(config, wildcards.run)
+
+
+def final_outputs():
+    """Targets of the default target: every run's metrics plus the report."""
+    return expand("results/runs/{run}/eval/metrics.json", run=RUNS) + [
+        "results/report/metrics.csv",
+        "results/report/metrics.png",
+    ]

@@ -1,0 +1,84 @@
+"""Documents: the bundled synthetic world, validation and chunking.
+
+REQUIRED INPUTS: knowledge_bases.<kb>.documents (documents.jsonl), or nothing for results/synthetic/.
+OUTPUTS: results/synthetic/*.jsonl, results/kb/<kb>/documents.jsonl (+ rejected.jsonl), results/kb/<kb>/chunks.parquet
+"""
+
+
+rule synthetic_world:
+    """Generate the seeded synthetic world (documents + single/two-hop queries) used by the default config."""
+    input:
+        code=code("scripts.prepare_rag_dataset", "nanochat.synthetic"),
+    output:
+        documents="results/synthetic/documents.jsonl",
+        train="results/synthetic/queries_train.jsonl",
+        val="results/synthetic/queries_val.jsonl",
+        test="results/synthetic/queries_test.jsonl",
+        manifest="results/synthetic/manifest.json",
+    params:
+        outdir=subpath(output.manifest, parent=True),
+        seed=lookup(within=config, dpath="synthetic/seed"),
+        n_entities=lookup(within=config, dpath="synthetic/n_entities"),
+    log:
+        "logs/synthetic_world.log",
+    benchmark:
+        "benchmarks/synthetic_world.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+        gpu=0,
+    conda:
+        ENV_CPU
+    script:
+        "../workflow/scripts/synthetic_world.py"
+
+
+rule validate_documents:
+    """Check every document record; keep the valid ones and the rejected ones with their reason."""
+    input:
+        documents=kb_documents,
+        code=code("nanochat.documents"),
+    output:
+        valid="results/kb/{kb}/documents.jsonl",
+        rejected="results/kb/{kb}/rejected.jsonl",
+    params:
+        mode=kb_setting("validation"),
+    log:
+        "logs/validate_documents/{kb}.log",
+    benchmark:
+        "benchmarks/validate_documents/{kb}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+        gpu=0,
+    conda:
+        ENV_CPU
+    script:
+        "../workflow/scripts/validate_documents.py"
+
+
+rule chunk_documents:
+    """Split valid documents into overlapping token windows (chunks.parquet)."""
+    input:
+        documents="results/kb/{kb}/documents.jsonl",
+        code=code("nanochat.chunking"),
+    output:
+        chunks="results/kb/{kb}/chunks.parquet",
+    params:
+        chunk_tokens=kb_setting("chunk_tokens"),
+        overlap=kb_setting("chunk_overlap"),
+    log:
+        "logs/chunk_documents/{kb}.log",
+    benchmark:
+        "benchmarks/chunk_documents/{kb}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+        gpu=0,
+    conda:
+        ENV_CPU
+    script:
+        "../workflow/scripts/chunk_documents.py"

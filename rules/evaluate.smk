@@ -1,0 +1,40 @@
+"""Held-out evaluation of each fine-tuned run on its test queries (answers, citations, retrieval recall).
+
+REQUIRED INPUTS: the run's done-marker, retrieval.parquet, test queries, KB
+OUTPUTS: results/runs/<run>/eval/metrics.json (carries the KB's kb_id), per_question.csv
+"""
+
+
+rule evaluate_run:
+    """Answer every test question with the fine-tuned model over precomputed retrieval; score EM/F1/citations."""
+    input:
+        kb=run_kb,
+        model=run_checkpoint_done,
+        retrieval="results/runs/{run}/retrieval.parquet",
+        test=run_query("test"),
+        code=code("scripts.rag_eval", "nanochat.qa_metrics", "nanochat.engine", "nanochat.checkpoint_manager"),
+    output:
+        metrics="results/runs/{run}/eval/metrics.json",
+        per_question="results/runs/{run}/eval/per_question.csv",
+    params:
+        kb_dir=subpath(input.kb, parent=True),
+        outdir=subpath(output.metrics, parent=True),
+        source=run_setting("mode"),
+        base_dir=config["base_dir"],
+        device=config["device"],
+        top_k=run_setting("top_k"),
+        max_new_tokens=run_setting("evaluate/max_new_tokens"),
+        max_questions=run_setting("evaluate/max_questions"),
+    log:
+        "logs/evaluate_run/{run}.log",
+    benchmark:
+        "benchmarks/evaluate_run/{run}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
+    conda:
+        ENV_GPU
+    script:
+        "../workflow/scripts/evaluate_run.py"

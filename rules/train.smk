@@ -1,0 +1,85 @@
+"""Fine-tuning: torchrun over scripts.rag_finetune (rag runs) or scripts.refrag_finetune (refrag runs).
+
+REQUIRED INPUTS: results/runs/<run>/dataset/manifest.json, the base model's done-marker, the run's KB
+OUTPUTS: <base_dir>/{rag,refrag}_checkpoints/<run>/done.json, written last by the library. Only done.json is a
+Snakemake output: the checkpoints beside it survive a failed or interrupted job, and the next attempt passes
+--resume. workflow_tools prepare_resume first moves checkpoints aside when the run's inputs or settings changed,
+so a resume never continues from stale training.
+
+GPUs: `--nproc_per_node` is the rule's `gpu` resource (1 process on CPU when no GPU is visible). Multi-node
+(SLURM, resources nodes>1): see profiles/slurm/config.yaml.
+"""
+
+
+rule rag_finetune:
+    """Single-hop RAG fine-tuning of the base model on the run's precomputed conversations."""
+    input:
+        kb=run_kb,
+        dataset="results/runs/{run}/dataset/manifest.json",
+        base_model=run_base_model,
+        code=code("scripts.rag_finetune", "nanochat.training", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks",
+                  "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
+    output:
+        done=f"{config['base_dir']}/rag_checkpoints/{{run}}/done.json",
+    wildcard_constraints:
+        run=runs_in_mode("rag"),
+    params:
+        launcher=torchrun_launcher,
+        kb_dir=subpath(input.kb, parent=True),
+        dataset_dir=subpath(input.dataset, parent=True),
+        checkpoint_dir=subpath(output.done, parent=True),
+        flags=finetune_flags,
+    log:
+        "logs/rag_finetune/{run}.log",
+    benchmark:
+        "benchmarks/rag_finetune/{run}.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    conda:
+        ENV_GPU
+    shell:
+        "python -m nanochat.workflow_tools prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
+        " --inputs {input.kb:q} {input.dataset:q} {input.base_model:q} --settings {params.flags:q} > {log:q} 2>&1"
+        " && {params.launcher} -m scripts.rag_finetune --knowledge_base {params.kb_dir:q}"
+        " --dataset {params.dataset_dir:q} {params.flags} --resume true >> {log:q} 2>&1"
+
+
+rule refrag_finetune:
+    """Multi-hop REFRAG fine-tuning (supervised warm-up, then reward-driven updates when use_rewards)."""
+    input:
+        kb=run_kb,
+        dataset="results/runs/{run}/dataset/manifest.json",
+        retrieval="results/runs/{run}/retrieval.parquet",
+        base_model=run_base_model,
+        code=code("scripts.refrag_finetune", "nanochat.training", "nanochat.gpt", "nanochat.mamba",
+                  "nanochat.blocks", "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
+    output:
+        done=f"{config['base_dir']}/refrag_checkpoints/{{run}}/done.json",
+    wildcard_constraints:
+        run=runs_in_mode("refrag"),
+    params:
+        launcher=torchrun_launcher,
+        kb_dir=subpath(input.kb, parent=True),
+        dataset_dir=subpath(input.dataset, parent=True),
+        checkpoint_dir=subpath(output.done, parent=True),
+        flags=finetune_flags,
+    log:
+        "logs/refrag_finetune/{run}.log",
+    benchmark:
+        "benchmarks/refrag_finetune/{run}.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=480,
+        gpu=1,
+    conda:
+        ENV_GPU
+    shell:
+        "python -m nanochat.workflow_tools prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
+        " --inputs {input.kb:q} {input.dataset:q} {input.retrieval:q} {input.base_model:q} --settings {params.flags:q}"
+        " > {log:q} 2>&1"
+        " && {params.launcher} -m scripts.refrag_finetune --knowledge_base {params.kb_dir:q}"
+        " --dataset {params.dataset_dir:q} --retrieval {input.retrieval:q} {params.flags} --resume true >> {log:q} 2>&1"
