@@ -3,7 +3,10 @@
 The user guide mixes a positional Python config file, `--flag value`, `--flag=value`,
 `--use_rewards true` and (upstream nanochat) dash spellings. argparse handles the last
 three once each flag also answers to its dash spelling; this module adds the config
-file, read with `ast` as literal assignments only (never exec'd; unknown keys are an error).
+file, read with `ast` as literal assignments only (never exec'd). A config key is the name of a
+flag (any spelling it answers to); unknown keys, non-literal values, values the flag's type or
+choices reject all exit with a message naming the file. Config values are defaults, so flags
+given after the file override them, and a required flag set in the file is no longer required.
 
     parser = ArgumentParser(description="...")
     parser.add_argument("--top_k", type=int, default=5, help="documents per query")
@@ -36,7 +39,10 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid Python: {e.msg}") from None
     values = {}
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
@@ -74,13 +80,49 @@ class ArgumentParser(argparse.ArgumentParser):
         config_files = []
         while argv and not argv[0].startswith("-") and argv[0].endswith(".py"):
             config_files.append(argv.pop(0))
-        known = {a.dest for a in self._actions}
         for cfg in config_files:
-            values = read_config_file(cfg)
-            unknown = sorted(set(values) - known)
-            if unknown:
-                self.error(f"{cfg}: unknown config key(s): {', '.join(unknown)}")
-            self.set_defaults(**values)
+            self._apply_config(cfg)
         ns = super().parse_args(argv, namespace)
         ns.config_files = config_files
         return ns
+
+    def _apply_config(self, cfg: str) -> None:
+        """Config values become defaults (so later flags override them); bad files exit with a message."""
+        try:
+            values = read_config_file(cfg)
+        except (OSError, ValueError) as e:
+            self.error(str(e))
+        by_key = {}  # every spelling a flag answers to (top_k, top-k, n_layer for --depth/--n_layer) -> action
+        for action in self._actions:
+            for opt in action.option_strings:
+                if opt.startswith("--"):
+                    by_key[opt[2:].replace("-", "_")] = action
+            by_key.setdefault(action.dest, action)
+        unknown = sorted(k for k in values if k not in by_key or by_key[k].dest == "help")
+        if unknown:
+            self.error(f"{cfg}: unknown config key(s): {', '.join(unknown)} "
+                       f"(each key must be the name of a flag of this command; see --help)")
+        defaults = {}
+        for key, value in values.items():
+            action = by_key[key]
+            self._check_config_value(cfg, key, action, value)
+            action.required = False  # the config file provides it
+            defaults[action.dest] = value
+        self.set_defaults(**defaults)
+
+    def _check_config_value(self, cfg, key, action, value):
+        """Run the flag's own type/choices on the config value so `top_k = "five"` fails at once."""
+        if value is None:
+            return
+        items = value if isinstance(value, list) and action.nargs in ("*", "+") else [value]
+        for item in items:
+            wrong_number = action.type in (int, float) and (
+                isinstance(item, bool) or (action.type is int and isinstance(item, float)))
+            try:
+                if wrong_number:
+                    raise ValueError(item)
+                converted = action.type(item) if action.type is not None else item
+            except (ValueError, TypeError, argparse.ArgumentTypeError):
+                self.error(f"{cfg}: {key} = {value!r}: not a valid {getattr(action.type, '__name__', 'value')}")
+            if action.choices is not None and converted not in action.choices:
+                self.error(f"{cfg}: {key} = {value!r}: must be one of {', '.join(map(str, action.choices))}")
