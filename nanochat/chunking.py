@@ -6,8 +6,9 @@ gives the same answer on every machine, and is close enough to subword counts (~
 tokens per word) to size chunks for the model's context.
 
 Chunks are spans of the original text (never rewritten), so every character of a document
-that belongs to some token appears in at least one chunk. A chunk ends at a sentence boundary
-when one fits in the budget; a sentence longer than the budget is cut at word level. The next
+that belongs to some token appears in at least one chunk. A chunk ends at the last sentence
+boundary that fits the budget, if that keeps it at least half full; otherwise (a very long
+sentence) it is cut at word level. The next
 chunk starts up to `overlap` tokens back, at a sentence start when one lies in that window.
 
     python -m nanochat.chunking --input valid.jsonl --output chunks.parquet --chunk_tokens 256 --overlap 32
@@ -61,7 +62,8 @@ def chunk_spans(text: str, chunk_tokens: int = 256, overlap: int = 32) -> list[t
             b = n
         else:
             j = bisect.bisect_right(bounds, limit) - 1   # last sentence boundary <= limit
-            b = bounds[j] if bounds[j] > a else limit     # none inside: cut the long sentence by words
+            # ending there must still fill half the budget; otherwise cut the long sentence by words
+            b = bounds[j] if bounds[j] >= a + max(1, chunk_tokens // 2) else limit
         out.append((spans[a][0], spans[b - 1][1]))
         if b == n:
             return out
