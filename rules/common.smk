@@ -123,6 +123,11 @@ def base_model_tag(wildcards):
     return wt.base_model_tag(wildcards.kb, wildcards.size)
 
 
+def base_checkpoint_dir(wildcards):
+    """<base_dir>/base_checkpoints/<tag>/, where scripts.base_train saves (not a Snakemake output: see train.smk)."""
+    return f"{config['base_dir']}/base_checkpoints/{base_model_tag(wildcards)}"
+
+
 def run_base_model_tag(wildcards):
     """Checkpoint tag of the base model a run starts from."""
     run = run_cfg(wildcards)

@@ -18,7 +18,7 @@ rule evaluate_run:
         per_question="results/runs/{run}/eval/per_question.csv",
     params:
         kb_dir=subpath(input.kb, parent=True),
-        outdir=subpath(output.metrics, parent=True),
+        eval_dir=subpath(output.metrics, parent=True),
         source=run_setting("mode"),
         base_dir=config["base_dir"],
         device=config["device"],

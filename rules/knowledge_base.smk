@@ -13,6 +13,7 @@ rule embed_chunks:
         code=code("nanochat.embeddings"),
     output:
         embeddings="results/kb/{kb}/embeddings.npy",
+        info="results/kb/{kb}/embeddings.json",
     params:
         model=kb_setting("embedding_model"),
         batch_size=kb_setting("embedding_batch_size"),

@@ -45,6 +45,7 @@ rule base_train:
         kb_dir=subpath(input.kb, parent=True),
         tokenizer_dir=subpath(input.tokenizer, parent=True),
         model_tag=base_model_tag,
+        checkpoint_dir=base_checkpoint_dir,
         base_dir=config["base_dir"],
         device=config["device"],
         depth=model_setting("depth"),

@@ -7,4 +7,4 @@ call_main(snakemake, "scripts.base_train", [  # noqa: F821
     "--base_dir", p.base_dir, "--device", p.device, "--depth", p.depth, "--n_embd", p.n_embd,
     "--block_pattern", p.block_pattern, "--max_seq_len", p.max_seq_len, "--max_steps", p.max_steps,
     "--device_batch_size", p.device_batch_size])
-mark_checkpoint(f"{p.base_dir}/base_checkpoints/{p.model_tag}", snakemake.output.marker)  # noqa: F821
+mark_checkpoint(p.checkpoint_dir, snakemake.output.marker)  # noqa: F821
