@@ -1,0 +1,110 @@
+"""RAFT examples: mix, seeding, citations, masks, shards. Run: python -m pytest -q tests/test_raft.py"""
+import json
+
+import numpy as np
+import pytest
+
+from nanochat.precompute import load_precomputed, precompute_retrieval
+from nanochat.qa_metrics import ABSTAIN_ANSWER, contains_answer, parse_citations
+from nanochat.queries import load_queries
+from nanochat.raft import (build_dataset, build_eval_conversations, build_examples, load_base_conversations,
+                           load_dataset_shards, rank_slice)
+from nanochat.synthetic import generate_world
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from nanochat.retrieval.kb import build_knowledge_base
+    d = tmp_path_factory.mktemp("raft")
+    generate_world(d, seed=0, n_entities=200)
+    kb = build_knowledge_base(d / "documents.jsonl", d / "kb", retriever_types=("simple",), show_progress=False)
+    files = {s: d / f"queries_{s}.jsonl" for s in ("train", "val", "test")}
+    precompute_retrieval(d / "kb", "simple", files, 10, d / "ret.parquet")
+    return d, kb.chunks, load_precomputed(d / "ret.parquet"), files
+
+
+def _docs(conv):
+    return next(m for m in conv["messages"] if m["role"] == "retrieval")["documents"]
+
+
+def test_mix_proportion_and_seeding(setup):
+    d, chunks, table, files = setup
+    queries = load_queries(files["train"])
+    ex, stats = build_examples(queries, table, chunks, "train", top_k=4, p_gold=0.7, seed=1)
+    assert stats["skipped"] == 0 and len(ex) == len(queries) > 400
+    assert abs(stats["p_gold_actual"] - 0.7) < 0.07
+    again, _ = build_examples(queries, table, chunks, "train", top_k=4, p_gold=0.7, seed=1)
+    assert json.dumps([e["conversation"] for e in ex]) == json.dumps([e["conversation"] for e in again])
+    other, _ = build_examples(queries, table, chunks, "train", top_k=4, p_gold=0.7, seed=2)
+    assert json.dumps([e["conversation"] for e in ex]) != json.dumps([e["conversation"] for e in other])
+    allgold, s1 = build_examples(queries[:50], table, chunks, "train", p_gold=1.0)
+    assert s1["abstain"] == 0
+
+
+def test_citations_point_at_gold_and_abstentions_have_none(setup):
+    d, chunks, table, files = setup
+    queries = {q["id"]: q for q in load_queries(files["train"])}
+    ex, _ = build_examples(list(queries.values()), table, chunks, "train", top_k=4, p_gold=0.5, seed=0)
+    first_positions = set()
+    for e in ex:
+        q, docs = queries[e["query_id"]], _docs(e["conversation"])
+        answer = e["conversation"]["messages"][-1]["content"]
+        doc_of = [x["id"].split("#")[0] for x in docs]
+        assert len(docs) == 4 and len(set(x["id"] for x in docs)) == 4
+        if e["with_gold"]:
+            cited = parse_citations(answer)
+            assert answer.startswith(q["answers"][0]) and cited == e["cited"] and len(cited) == q["hops"]
+            assert [doc_of[n - 1] for n in cited] == q["doc_ids"]  # hop order
+            assert contains_answer(docs[cited[-1] - 1]["content"], q["answers"])
+            first_positions.add(cited[0])
+        else:
+            assert answer == ABSTAIN_ANSWER and not set(doc_of) & set(q["doc_ids"])
+    assert first_positions == {1, 2, 3, 4}  # order shuffled: gold is not always first
+
+
+def test_eval_conversations_have_no_answer(setup):
+    d, chunks, table, files = setup
+    out = build_eval_conversations(load_queries(files["test"])[:5], table, chunks, "test", top_k=3)
+    assert len(out) == 5
+    for q, conv in out:
+        assert [m["role"] for m in conv["messages"]] == ["system", "retrieval", "user"] and len(_docs(conv)) == 3
+
+
+def test_shards_masks_and_base_mix(setup, tmp_path):
+    from nanochat.tokenizer import Tokenizer
+    d, chunks, table, files = setup
+    tok = Tokenizer.train_from_iterator(list(chunks["content"]) + [ABSTAIN_ANSWER], 600)
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"},
+                                                     {"role": "assistant", "content": f"hello {i}"}]}) + "\n"
+                            for i in range(200)), encoding="utf-8")
+    out = tmp_path / "ds"
+    m = build_dataset(chunks, table, {"train": files["train"], "val": files["val"]}, tok, out, top_k=3,
+                      max_seq_len=160, max_doc_length=30, seed=0, base_tasks=str(chat), base_mix=0.1,
+                      examples_per_shard=200)
+    tr = m["splits"]["train"]
+    assert tr["base_conversations"] > 0 and len(tr["shards"]) > 1
+    ds = load_dataset_shards(out, "train")
+    assert len(ds) == tr["n_examples"] and sum(len(ds[i][0]) for i in range(len(ds))) == tr["n_tokens"]
+    aend, rstart = tok.encode_special("<|assistant_end|>"), tok.encode_special("<|retrieval_start|>")
+    n_base = 0
+    for i in range(len(ds)):
+        ids, mask = ds[i]
+        assert ids.dtype == np.int32 and mask.dtype == np.uint8 and len(ids) <= 160
+        sup = tok.decode(ids[mask == 1].tolist())
+        assert sup.endswith("<|assistant_end|>") and mask[-1] == 1 and ids[-1] == aend
+        start = int(np.argmax(ids == tok.encode_special("<|assistant_start|>")))
+        assert mask[: start + 1].sum() == 0  # nothing before the answer is supervised
+        if rstart not in ids:
+            n_base += 1
+            assert sup.startswith("hello")  # general chat never gets documents
+    assert n_base == tr["base_conversations"]
+    assert len(load_dataset_shards(out, "val")) == m["splits"]["val"]["n_examples"]
+    assert list(rank_slice(10, 1, 3)) == [1, 4, 7] and len(rank_slice(10, 2, 3)) == 3
+
+
+def test_smoltalk_must_be_cached_when_requested(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    with pytest.raises(FileNotFoundError, match="'smoltalk' requested but .* not cached"):
+        load_base_conversations("smoltalk", 5, 0)
+    assert load_base_conversations(None, 5, 0) == []  # the default warns and continues without it
