@@ -1,0 +1,109 @@
+"""config/config.yaml and the test configs validate against workflow/schemas/config.schema.yaml; bad ones fail clearly.
+
+    python -m pytest -q tests/test_config.py
+"""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from nanochat import workflow_tools as wt
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+CONFIGS = ["config/config.yaml", "tests/workflow/config_tiny.yaml", "tests/workflow/config_multi.yaml"]
+
+
+def load(rel):
+    return yaml.safe_load((ROOT / rel).read_text())
+
+
+@pytest.mark.parametrize("rel", CONFIGS)
+def test_configs_validate_and_get_defaults(rel):
+    config = load(rel)
+    validate(config, SCHEMA)
+    wt.check_config_references(config)
+    run = next(iter(config["runs"].values()))
+    assert 0 <= run["train"]["p_gold"] <= 1 and run["evaluate"]["max_new_tokens"] >= 1  # nested defaults filled
+    assert set(run) >= {"retriever_type", "top_k", "k_max", "mode", "train", "evaluate"}  # defaults filled
+    assert config["leakage"]["max_leak_rate"] >= 0
+
+
+def test_schema_documents_every_key():
+    """Every property: a type (or enum) and a description; every optional leaf: a default."""
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
+            where = f"{path}.{key}"
+            assert "description" in sub, f"{where}: no description"
+            assert "type" in sub or "enum" in sub, f"{where}: no type"
+            if sub.get("type") not in ("object",) and key not in node.get("required", []):
+                assert "default" in sub, f"{where}: optional key without default"
+            walk(sub, where)
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], path + ".<name>")
+        if node.get("type") == "object":
+            assert node.get("additionalProperties") is not None, f"{path}: additionalProperties not set"
+
+    walk(schema, "config")
+
+
+def test_every_config_key_is_commented():
+    """The default config reads as documentation: every key line has a comment above or beside it."""
+    lines = (ROOT / "config/config.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() and not line.lstrip().startswith("#") and line.rstrip().endswith(":") is False:
+            continue
+        if line.strip().endswith(":") and not line.lstrip().startswith("#"):
+            depth = len(line) - len(line.lstrip())
+            if depth <= 2:  # sections and named entries
+                assert any(lines[j].lstrip().startswith("#") for j in range(max(0, i - 3), i)) or "#" in line, \
+                    f"config/config.yaml:{i + 1}: '{line.strip()}' has no comment"
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["runs"]["synthetic_rag"].update(topk=3), "Additional properties are not allowed ('topk'"),
+    (lambda c: c["runs"]["synthetic_rag"].update(retriever_type="bm42"), "'bm42' is not one of"),
+    (lambda c: c["runs"]["synthetic_rag"].update(mode="multihop"), "'multihop' is not one of"),
+    (lambda c: c["runs"]["synthetic_rag"].update(top_k="five"), "'five' is not of type 'integer'"),
+    (lambda c: c["knowledge_bases"]["synthetic"].pop("documents"), "'documents' is a required property"),
+    (lambda c: c["models"]["tiny"].update(block_pattern="T;M"), "does not match"),
+    (lambda c: c.update(knowledge_bases={"my kb": {"documents": "x.jsonl"}}), "does not match"),
+])
+def test_schema_errors_are_clear(mutate, message):
+    config = copy.deepcopy(load("config/config.yaml"))
+    mutate(config)
+    with pytest.raises(WorkflowError) as err:
+        validate(config, SCHEMA)
+    assert message in str(err.value), str(err.value)
+
+
+def test_dangling_references_are_named():
+    config = load("config/config.yaml")
+    validate(config, SCHEMA)
+    config["runs"]["synthetic_rag"]["knowledge_base"] = "nope"
+    config["runs"]["synthetic_refrag"]["k_max"] = 1
+    with pytest.raises(ValueError) as err:
+        wt.check_config_references(config)
+    text = str(err.value)
+    assert "runs.synthetic_rag.knowledge_base: 'nope' is not a key of knowledge_bases (known: synthetic)" in text
+    assert "runs.synthetic_refrag: k_max=1 is smaller than top_k=2" in text
+
+
+def test_schema_defaults_match_cli_defaults():
+    """Where a library CLI has the same setting, the schema's default is the CLI's default."""
+    schema = yaml.safe_load(Path(SCHEMA).read_text())["properties"]
+    kb = schema["knowledge_bases"]["additionalProperties"]["properties"]
+    from nanochat import chunking
+    src = Path(chunking.__file__).read_text()
+    assert f'"--chunk_tokens", type=int, default={kb["chunk_tokens"]["default"]}' in src
+    assert f'"--overlap", type=int, default={kb["chunk_overlap"]["default"]}' in src
+    run = schema["runs"]["additionalProperties"]["properties"]
+    from scripts import rag_finetune
+    src = Path(rag_finetune.__file__).read_text()
+    assert f'"--top_k", type=int, default={run["top_k"]["default"]}' in src
+    assert f'"--p_gold", type=float, default={run["train"]["properties"]["p_gold"]["default"]}' in src
