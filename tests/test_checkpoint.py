@@ -165,3 +165,16 @@ def test_clear_errors(base_dir, tok, monkeypatch):
     # a path to a checkpoint directory also works as the source
     loaded, _, meta = load_model(str(d), device="cpu", phase="eval")
     assert meta["step"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pattern", ["T,T", "T,M"])
+def test_cpu_checkpoint_loads_on_cuda(base_dir, tok, pattern):
+    """Saved on CPU, loaded on the GPU (where T,M may build mamba-ssm's mixer: same keys required)."""
+    model = tiny_model(pattern).eval()
+    save_tiny(base_dir, "rag", "d2", 1, model, tok)
+    loaded, _, _ = load_model("rag", device="cuda", phase="eval")
+    assert all(p.device.type == "cuda" for p in loaded.parameters())
+    idx = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(loaded(idx.cuda()).float().cpu(), model(idx), atol=1e-3)
