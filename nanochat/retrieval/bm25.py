@@ -70,7 +70,6 @@ class BM25Retriever(Retriever):
 
     def __init__(self, model, tokenizer: Tokenizer, num_docs: int):
         self.model, self.tokenizer, self.num_docs = model, tokenizer, num_docs
-        self.empty_id = model.vocab_dict.get("")
 
     @classmethod
     def build(cls, kb_dir, chunks, settings, embeddings=None) -> dict:
@@ -103,13 +102,9 @@ class BM25Retriever(Retriever):
         return cls(model, Tokenizer(tok_cfg["stemmer"], tok_cfg["stopwords"]), int(model.scores["num_docs"]))
 
     def query_ids(self, queries: list[str]) -> list[list[int]]:
-        """Terms -> vocabulary ids; unknown terms dropped; an empty query maps to the empty token (scores 0)."""
+        """Terms -> vocabulary ids; terms the corpus never saw are dropped (they score 0 everywhere)."""
         vocab = self.model.vocab_dict
-        out = []
-        for terms in self.tokenizer.batch(queries):
-            ids = [vocab[t] for t in terms if t in vocab]
-            out.append(ids or [self.empty_id])
-        return out
+        return [[vocab[t] for t in terms if t in vocab and t != ""] for terms in self.tokenizer.batch(queries)]
 
     def search_batch(self, queries: list[str], top_k: int, show_progress: bool = False):
         q = len(queries)
@@ -118,9 +113,13 @@ class BM25Retriever(Retriever):
         if q == 0:
             return idx, scores
         k = min(top_k, self.num_docs)
-        docs, sc = self.model.retrieve(self.query_ids(queries), k=k, show_progress=show_progress, n_threads=0)
+        ids = self.query_ids(queries)
+        live = [i for i, q_ids in enumerate(ids) if q_ids]  # bm25s's empty token has no score column: skip those
+        if not live:
+            return idx, scores
+        docs, sc = self.model.retrieve([ids[i] for i in live], k=k, show_progress=show_progress, n_threads=0)
         docs, sc = np.asarray(docs, np.int64), np.asarray(sc, np.float32)
         hit = sc > 0  # documents sharing no term with the query are not hits
-        idx[:, :k] = np.where(hit, docs, -1)
-        scores[:, :k] = np.where(hit, sc, -np.inf)
+        idx[live, :k] = np.where(hit, docs, -1)
+        scores[live, :k] = np.where(hit, sc, -np.inf)
         return idx, scores
