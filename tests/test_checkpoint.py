@@ -7,7 +7,6 @@ import time
 import pytest
 import torch
 
-from nanochat import checkpoint_manager as cm
 from nanochat.checkpoint_manager import (build_model, find_largest_model, find_last_step, load_checkpoint,
                                          load_model, save_checkpoint)
 from nanochat.tokenizer import Tokenizer
