@@ -45,3 +45,18 @@ def test_all_problems_reported_and_missing_file(tmp_path):
         load_queries(p)
     with pytest.raises(FileNotFoundError, match="query file not found"):
         load_queries(tmp_path / "missing.jsonl")
+
+
+def test_squad_converter_splits_by_article(shared_data, tmp_path):
+    """nanochat.squad on the shared dev subset: every question kept, article-disjoint splits, loadable files."""
+    from nanochat.squad import main as squad_main
+    assert squad_main(["--input", str(shared_data / "squad" / "dev.json"), "--output", str(tmp_path)]) == 0
+    docs = [json.loads(l) for l in open(tmp_path / "documents.jsonl", encoding="utf-8")]
+    assert len(docs) == 71
+    splits = {s: load_queries(tmp_path / f"queries_{s}.jsonl") for s in ("train", "val", "test")}
+    assert sum(len(r) for r in splits.values()) == 335 and all(splits.values())
+    title = {d["id"]: d["title"] for d in docs}
+    content = {d["id"]: d["content"] for d in docs}
+    articles = {s: {title[q["doc_ids"][0]] for q in rows} for s, rows in splits.items()}
+    assert not articles["train"] & (articles["val"] | articles["test"]) and not articles["val"] & articles["test"]
+    assert all(q["answers"][0] in content[q["doc_ids"][0]] for rows in splits.values() for q in rows)
