@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 # Cheap check only: importing mamba_ssm pulls in triton and CUDA extensions, so the real import is lazy.
 HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
 DEFAULT_MAMBA_VERSION = 2
+# SSD block length on CPU. chunk_size only sets the blocking of mamba-ssm's kernel (the math is the same for any
+# block length); on CPU 64 measured fastest for d_state 16..64 (the intra-chunk part grows with T, the rest with L/T).
+CPU_SSD_CHUNK = 64
 
 _IMPL = "auto"  # "auto" | "torch" | "cuda"; see set_mamba_impl
 _WARNED = False
@@ -178,9 +181,11 @@ def ssd_chunked(x, dt, A, B, C, chunk_size):
 
     x: (B, L, H, P); dt: (B, L, H) softplus'ed; A: (H,) negative; B, C: (B, L, G, N).
     Returns y (B, L, H, P) without the D skip, and the final state (B, H, P, N).
+    Heads are split as H = G * R (R heads share one B/C group) so B and C are never copied per head.
     """
     Bsz, L, H, P = x.shape
-    G = B.shape[2]
+    G, N = B.shape[2], B.shape[3]
+    R = H // G
     T = min(chunk_size, L)
     nC = -(-L // T)
     pad = nC * T - L
@@ -188,33 +193,32 @@ def ssd_chunked(x, dt, A, B, C, chunk_size):
     Ad = dt * A  # (B, L, H), log-decay per step, <= 0
     if pad:  # zero input and zero log-decay at the end: outputs and the final state are unchanged
         X, Ad, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (X, Ad, B, C))
-    X = X.reshape(Bsz, nC, T, H, P)
-    B = B.reshape(Bsz, nC, T, G, -1)  # (B, C, T, G, N)
-    C = C.reshape(Bsz, nC, T, G, -1)
-    Ad = Ad.reshape(Bsz, nC, T, H).permute(0, 3, 1, 2)  # (B, H, C, T)
-    A_cs = torch.cumsum(Ad, dim=-1)  # (B, H, C, T)
-    rep = H // G
+    X = X.reshape(Bsz, nC, T, G, R, P)  # (B, C, T, G, R, P)
+    B = B.reshape(Bsz, nC, T, G, N)  # (B, C, T, G, N)
+    C = C.reshape(Bsz, nC, T, G, N)
+    Ad = Ad.reshape(Bsz, nC, T, G, R).permute(0, 3, 4, 1, 2)  # (B, G, R, C, T)
+    A_cs = torch.cumsum(Ad, dim=-1)  # (B, G, R, C, T)
 
-    # 1) intra-chunk (diagonal blocks): causal "attention" C_l . B_s weighted by decay from s to l
-    CB = torch.einsum("bclgn,bcsgn->bgcls", C, B).repeat_interleave(rep, dim=1)  # (B, H, C, T, T)
-    M = CB * torch.exp(segsum(Ad))  # (B, H, C, T, T)
-    Y = torch.einsum("bhcls,bcshp->bclhp", M, X)  # (B, C, T, H, P)
+    # 1) intra-chunk (diagonal blocks): causal "attention" C_l . B_s weighted by the decay from s to l
+    CB = torch.einsum("bclgn,bcsgn->bgcls", C, B)  # (B, G, C, T, T)
+    M = CB.unsqueeze(2) * torch.exp(segsum(Ad))  # (B, G, R, C, T, T)
+    Y = torch.einsum("bgrcls,bcsgrp->bclgrp", M, X)  # (B, C, T, G, R, P)
 
     # 2) state at the end of each chunk from that chunk's inputs alone
-    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (B, H, C, T), <= 1
-    Bh = B.repeat_interleave(rep, dim=3)  # (B, C, T, H, N)
-    Ch = C.repeat_interleave(rep, dim=3)
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, decay_to_end, X)  # (B, C, H, P, N)
+    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (B, G, R, C, T), <= 1
+    Xd = X * decay_to_end.permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (B, C, T, G, R, P)
+    states = torch.einsum("bclgn,bclgrp->bcgrpn", B, Xd)  # (B, C, G, R, P, N)
 
     # 3) pass states between chunks: state entering chunk z = sum_{c<z} decay(c -> z) * states_c
-    states = torch.cat([torch.zeros_like(states[:, :1]), states], dim=1)  # (B, C+1, H, P, N)
-    decay_chunk = torch.exp(segsum(F.pad(A_cs[..., -1], (1, 0))))  # (B, H, C+1, C+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)  # (B, C+1, H, P, N)
+    states = torch.cat([torch.zeros_like(states[:, :1]), states], dim=1)  # (B, C+1, G, R, P, N)
+    decay_chunk = torch.exp(segsum(F.pad(A_cs[..., -1], (1, 0))))  # (B, G, R, C+1, C+1)
+    states = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunk, states)  # (B, C+1, G, R, P, N)
     prev_states, final_state = states[:, :-1], states[:, -1]
 
     # 4) contribution of the incoming state to every position of the chunk
-    Y = Y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, prev_states, torch.exp(A_cs))
-    return Y.reshape(Bsz, nC * T, H, P)[:, :L], final_state
+    Y_off = torch.einsum("bclgn,bcgrpn->bclgrp", C, prev_states)  # (B, C, T, G, R, P)
+    Y = Y + Y_off * torch.exp(A_cs).permute(0, 3, 4, 1, 2).unsqueeze(-1)
+    return Y.reshape(Bsz, nC * T, H, P)[:, :L], final_state.reshape(Bsz, H, P, N)
 
 
 def ssd_ref(x, dt, A, B, C):
@@ -474,7 +478,7 @@ class Mamba2(nn.Module):
         dt = self._dt(dt)  # (B, L, H)
         A = -torch.exp(self.A_log.float())  # (H,)
         if self.chunked:
-            y, last_state = ssd_chunked(x, dt, A, B, C, self.chunk_size)
+            y, last_state = ssd_chunked(x, dt, A, B, C, min(self.chunk_size, CPU_SSD_CHUNK))
         else:
             y, last_state = ssd_ref(x, dt, A, B, C)
         if ssm_state is not None:

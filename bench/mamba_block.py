@@ -1,0 +1,100 @@
+"""Forward+backward tokens/s of one mixer block on CPU, printed side by side.
+
+    python -m bench.mamba_block            # seqlen 256 and 1024, batch 8, d_model 256
+    python -m bench.mamba_block --quick    # fewer iterations, for a smoke run
+
+Compares the sequential reference scan, our chunked Mamba-1, our SSD Mamba-2 and a causal SDPA attention
+block of the same width (4 heads, qkv/out projections). Every block is `x + mixer(x)`.
+The result picks nanochat.mamba.DEFAULT_MAMBA_VERSION for CPU.
+"""
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanochat.cli import ArgumentParser
+from nanochat.mamba import Mamba, Mamba2
+
+
+class AttentionBlock(nn.Module):
+    """Causal self-attention of the same width, for reference: x + out(SDPA(qkv(x)))."""
+
+    def __init__(self, d_model, n_head):
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x):
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, L, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Residual(nn.Module):
+    def __init__(self, mixer):
+        super().__init__()
+        self.mixer = mixer
+
+    def forward(self, x):
+        return x + self.mixer(x)
+
+
+def tokens_per_s(block, batch, seqlen, d_model, iters, warmup=1):
+    """Median-free simple timing: warmup, then `iters` forward+backward passes; returns tokens/s."""
+    x = torch.randn(batch, seqlen, d_model, requires_grad=True)
+    for _ in range(warmup):
+        block(x).square().mean().backward()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        block(x).square().mean().backward()
+    return batch * seqlen * iters / (time.perf_counter() - t0)
+
+
+def build_blocks(d_model, d_state2, headdim, chunk_size):
+    seq = Mamba(d_model, d_state=16)
+    seq.chunked = False
+    return {
+        "sequential (Mamba-1 ref)": Residual(seq),
+        "Mamba-1 chunked": Residual(Mamba(d_model, d_state=16)),
+        "Mamba-2 SSD": Residual(Mamba2(d_model, d_state=d_state2, headdim=headdim, chunk_size=chunk_size)),
+        "attention (SDPA)": AttentionBlock(d_model, n_head=4),
+    }
+
+
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8, help="batch size")
+    parser.add_argument("--d_model", type=int, default=256, help="model width")
+    parser.add_argument("--seqlens", type=str, default="256,1024", help="comma-separated sequence lengths")
+    parser.add_argument("--d_state2", type=int, default=64, help="Mamba-2 d_state")
+    parser.add_argument("--headdim", type=int, default=64, help="Mamba-2 headdim")
+    parser.add_argument("--chunk_size", type=int, default=64, help="Mamba-2 SSD chunk length")
+    parser.add_argument("--iters", type=int, default=5, help="timed iterations per block (sequential: fewer)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_bool("--quick", False, "short smoke run (1 iteration, no warmup)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    seqlens = [int(s) for s in args.seqlens.split(",")]
+    blocks = build_blocks(args.d_model, args.d_state2, args.headdim, args.chunk_size)
+    iters = 1 if args.quick else args.iters
+    results = {name: {} for name in blocks}
+    for L in seqlens:
+        for name, block in blocks.items():
+            n = 1 if name.startswith("sequential") else iters  # the reference is slow: time it briefly
+            results[name][L] = tokens_per_s(block, args.batch, L, args.d_model, n, warmup=0 if args.quick else 1)
+    print(f"forward+backward tokens/s, CPU ({torch.get_num_threads()} threads), batch {args.batch}, "
+          f"d_model {args.d_model}, Mamba-2 d_state {args.d_state2} headdim {args.headdim} chunk {args.chunk_size}")
+    print(f"{'block':<26}" + "".join(f"{'L=' + str(L):>12}{'vs attn':>9}" for L in seqlens))
+    for name, row in results.items():
+        cells = "".join(f"{row[L]:>12,.0f}{row[L] / results['attention (SDPA)'][L]:>8.2f}x" for L in seqlens)
+        print(f"{name:<26}{cells}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
