@@ -130,7 +130,7 @@ def main(argv=None):
     print0(f"base_train: done {step} steps in {time.time() - t_start:.0f}s, loss {loss_val:.3f}, val_loss {val_loss:.3f}")
     log.log(step=step, loss=loss_val, val_loss=val_loss)
     if rank == 0:
-        meta = {"step": step, "model_config": asdict(config), "train_loss": loss_val, "val_loss": val_loss,
+        meta = {"step": step, "model_tag": args.model_tag, "model_config": asdict(config), "train_loss": loss_val, "val_loss": val_loss,
                 "lr": args.lr, "kb_id": kb.kb_id, "args": {k: v for k, v in vars(args).items()}}
         save_checkpoint(str(ckpt_dir), step, model.state_dict(), None, meta, tokenizer=tokenizer)
         print0(f"saved {ckpt_dir}")
