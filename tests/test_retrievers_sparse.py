@@ -63,6 +63,7 @@ def test_bm25_tokenizer_stems_and_drops_stopwords():
     assert Tokenizer(stemmer=None)("The shipping of the items") == ["shipping", "items"]
 
 
+@pytest.mark.slow  # numba JIT compile: ~10-30 s
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
 def test_bm25_numba_and_numpy_backends_agree(kb_path):
     queries = [q for q, _ in QUERIES] + ["free email link"]

@@ -1,4 +1,4 @@
-"""BM25 retriever on bm25s (sparse precomputed scores; numba backend when installed).
+"""BM25 retriever on bm25s (sparse precomputed scores; numba backend for large query batches).
 
 Tokenisation: lowercase, words of 2+ characters, English stopwords removed, Snowball stemmer
 (PyStemmer) on by default: stemming measured +3 points nDCG@10 on SciFact train. Defaults are
@@ -18,6 +18,7 @@ from nanochat.retrieval.base import Retriever
 
 logger = logging.getLogger(__name__)
 WORD_RE = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
+NUMBA_MIN_BATCH = 256
 DEFAULTS = {"k1": 1.5, "b": 0.75, "method": "lucene", "idf_method": None, "stemmer": "english", "stopwords": "english", "backend": "auto"}
 
 
@@ -59,12 +60,6 @@ def make_bm25(settings: dict, backend: str):
                       backend=backend)
 
 
-def resolve_backend(backend: str) -> str:
-    if backend == "auto":
-        return "numba" if numba_available() else "numpy"
-    return backend
-
-
 class BM25Retriever(Retriever):
     name = "bm25"
 
@@ -90,16 +85,28 @@ class BM25Retriever(Retriever):
 
     @classmethod
     def load(cls, kb, backend: str | None = None) -> "BM25Retriever":
+        """backend: numpy | numba | auto (numba only for batches of NUMBA_MIN_BATCH+ queries: its JIT
+        compile takes ~10-30 s per process, which a handful of queries never earns back)."""
         import bm25s
         d = Path(kb.path) / cls.name
         tok_cfg = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
         settings = (kb.manifest.get("retrievers", {}).get(cls.name) or {}).get("settings", {})
-        backend = resolve_backend(backend or settings.get("backend", "auto"))
         model = bm25s.BM25.load(str(d), allow_pickle=False, mmap=False, load_corpus=False, verbosity=0)
-        if backend == "numba":
-            model.backend = "numba"
-            model.compile(activate_numba=True, warmup=False)
-        return cls(model, Tokenizer(tok_cfg["stemmer"], tok_cfg["stopwords"]), int(model.scores["num_docs"]))
+        model.backend = "numpy"
+        r = cls(model, Tokenizer(tok_cfg["stemmer"], tok_cfg["stopwords"]), int(model.scores["num_docs"]))
+        r.backend = backend or settings.get("backend", "auto")
+        if r.backend not in ("auto", "numpy", "numba"):
+            raise ValueError(f"bm25 backend must be auto, numpy or numba, got {r.backend!r}")
+        if r.backend == "numba":
+            r.use_numba()
+        return r
+
+    def use_numba(self) -> None:
+        if self.model.backend != "numba":
+            if not numba_available():
+                raise ImportError("bm25 backend 'numba' needs numba: pip install numba (or use backend='numpy')")
+            self.model.backend = "numba"
+            self.model.compile(activate_numba=True, warmup=False)
 
     def query_ids(self, queries: list[str]) -> list[list[int]]:
         """Terms -> vocabulary ids; terms the corpus never saw are dropped (they score 0 everywhere)."""
@@ -112,6 +119,8 @@ class BM25Retriever(Retriever):
         scores = np.full((q, top_k), -np.inf, np.float32)
         if q == 0:
             return idx, scores
+        if self.backend == "auto" and q >= NUMBA_MIN_BATCH and numba_available():
+            self.use_numba()
         k = min(top_k, self.num_docs)
         ids = self.query_ids(queries)
         live = [i for i, q_ids in enumerate(ids) if q_ids]  # bm25s's empty token has no score column: skip those
