@@ -313,7 +313,8 @@ def snakemake_jobs(snakefile="Snakefile", configfile="config/config.yaml", workd
     workdir = Path(workdir).resolve()
     with contextlib.chdir(workdir), SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         wf = api.workflow(resource_settings=ResourceSettings(), storage_settings=StorageSettings(),
-                          config_settings=ConfigSettings(configfiles=[workdir / configfile]),
+                          config_settings=ConfigSettings(configfiles=[workdir / configfile],
+                                                                replace_workflow_config=True),
                           snakefile=workdir / snakefile, workdir=workdir)
         wf.dag(dag_settings=DAGSettings(forceall=True))
         workflow = wf._workflow  # pinned snakemake==9.27.1; the DVC parity test catches API drift
@@ -361,7 +362,7 @@ def dvc_stages(jobs: list[dict], configfile: str = "config/config.yaml") -> dict
                     continue
                 deps.add(next((d for d in sorted(out_dirs) if _under(f, d)), f))
         cmd = " ".join(["snakemake", *(shlex.quote(t) for t in targets), "--configfile", configfile,
-                        "--cores all --allowed-rules", *rules])
+                        "--replace-workflow-config --cores all --allowed-rules", *rules])
         st = {"cmd": cmd, "deps": sorted(deps | code)}
         params = STAGE_PARAMS.get(stage, [])
         if params:

@@ -79,12 +79,15 @@ def kb_index_inputs(wildcards):
     inputs = {"chunks": f"results/kb/{wildcards.kb}/chunks.parquet"}
     if wildcards.kb_type in wt.EMBEDDING_KB_TYPES:
         inputs["embeddings"] = f"results/kb/{wildcards.kb}/embeddings.npy"
+        inputs["embedder_info"] = f"results/kb/{wildcards.kb}/embeddings.json"
     return inputs
 
 
 def embeddings_flag(wildcards, input):
-    """`--embeddings FILE` for dense/hybrid indices, nothing otherwise."""
-    return f"--embeddings {input.embeddings}" if "embeddings" in input.keys() else ""
+    """`--embeddings FILE --embedder_info FILE` for dense/hybrid indices, nothing otherwise."""
+    if "embeddings" not in input.keys():
+        return ""
+    return f"--embeddings {input.embeddings} --embedder_info {input.embedder_info}"
 
 
 def text_kb(wildcards):

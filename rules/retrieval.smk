@@ -15,6 +15,7 @@ rule precompute_retrieval:
         code=code("nanochat.precompute", "nanochat.retrieval", "nanochat.queries"),
     output:
         retrieval="results/runs/{run}/retrieval.parquet",
+        meta="results/runs/{run}/retrieval.parquet.meta.json",
     params:
         kb_dir=subpath(input.kb, parent=True),
         retriever_type=run_setting("retriever_type"),
