@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from nanochat.engine import InferenceCache
-from nanochat.gpt import GPT, GPTConfig, parse_block_pattern, require_mamba
+from nanochat.gpt import GPT, GPTConfig, require_mamba
 
 
 def tiny_config(pattern="T,M", version=2, **kw):
-    base = dict(sequence_len=32, vocab_size=67, n_layer=len(parse_block_pattern(pattern, len(pattern.replace(",", "")))),
+    base = dict(sequence_len=32, vocab_size=67, n_layer=len(pattern.replace(",", "")),
                 n_head=4, n_kv_head=2, n_embd=32, block_pattern=pattern, mamba_version=version,
                 mamba_d_state=8, mamba_headdim=16)
     base.update(kw)
@@ -158,3 +158,15 @@ def test_cached_chunk_after_prefix_matches_full_forward():
         a = model(idx[:, :4], kv_cache=cache)
         b = model(idx[:, 4:10], kv_cache=cache)
     torch.testing.assert_close(torch.cat([a, b], dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_and_fused_optimizer():
+    model = random_model(tiny_config("T,M", version=2))
+    idx = torch.randint(0, 67, (2, 12))
+    with torch.no_grad():
+        cpu = model(idx)
+        model = model.cuda()
+        gpu = model(idx.cuda()).cpu()
+    torch.testing.assert_close(gpu, cpu, atol=2e-3, rtol=2e-3)
+    assert all(g.get("fused") for g in model.setup_optimizer(lr=1e-3).param_groups)
