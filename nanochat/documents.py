@@ -60,9 +60,16 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(normalize_content(text).encode("utf-8")).hexdigest()
 
 
-def _control_chars(text: str) -> list[str]:
-    bad = sorted({c for c in text if unicodedata.category(c) == "Cc" and c not in ALLOWED_CONTROL})
-    return [f"U+{ord(c):04X}" for c in bad]
+def _control_chars(text: str) -> tuple[list[str], list[str]]:
+    """(C0/DEL controls: an error, C1 controls U+0080-U+009F: a warning).
+
+    C1 characters nearly always come from Windows-1252 text decoded as Latin-1 (U+0096 for an en
+    dash, as in SciFact); the text is still usable, so they are flagged but not rejected.
+    """
+    found = {c for c in text if unicodedata.category(c) == "Cc" and c not in ALLOWED_CONTROL}
+    fmt = lambda cs: [f"U+{ord(c):04X}" for c in sorted(cs)]
+    c1 = {c for c in found if 0x80 <= ord(c) <= 0x9F}
+    return fmt(found - c1), fmt(c1)
 
 
 class _Validator:
@@ -106,8 +113,12 @@ class _Validator:
             errors.append(f"{where}: metadata: expected an object or null, got {type(metadata).__name__}")
         doc["metadata"] = metadata or {}
         for name in ("id", "title", "content"):
-            if isinstance(obj.get(name), str) and (bad := _control_chars(obj[name])):
-                errors.append(f"{where}: {name}: control character(s) {', '.join(bad)} (only newline, tab allowed)")
+            if isinstance(obj.get(name), str):
+                bad, c1 = _control_chars(obj[name])
+                if bad:
+                    errors.append(f"{where}: {name}: control character(s) {', '.join(bad)} (only newline, tab allowed)")
+                if c1:
+                    warnings.append(f"{where}: {name}: C1 control character(s) {', '.join(c1)} (mis-decoded Windows-1252 text?)")
         extra = sorted(set(obj) - KNOWN_FIELDS)
         if extra:
             warnings.append(f"{where}: {', '.join(extra)}: unknown field(s) ignored (put extra data under 'metadata')")

@@ -82,6 +82,13 @@ def test_missing_title_defaults_to_id_with_warning(capsys):
     assert "title: missing, using the id" in capsys.readouterr().err
 
 
+def test_c1_control_characters_warn_but_are_kept(tmp_path, capsys):
+    p = tmp_path / "c1.jsonl"
+    p.write_text(json.dumps({"id": "c1", "title": "T", "content": "pages 10\u009612"}) + "\n")
+    assert load_documents(p)[0]["content"] == "pages 10\u009612"
+    assert "C1 control character(s) U+0096" in capsys.readouterr().err
+
+
 def test_long_document_warns_but_is_kept(tmp_path, capsys):
     p = tmp_path / "long.jsonl"
     p.write_text(json.dumps({"id": "long", "title": "L", "content": "word " * 2100}) + "\n")
