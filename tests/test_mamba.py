@@ -54,9 +54,25 @@ def check_against_reference(module, x):
 @pytest.mark.parametrize("L", [1, 2, 9, 16, 50])
 def test_linear_scan_gradcheck(L):
     """Chunked scan + hand-written reverse-scan backward are exact (float64 gradcheck), ragged L included."""
-    a = torch.rand(2, L, 3, 2, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(2, L, 3, 2, dtype=torch.float64, requires_grad=True)
+    a = torch.rand(1, L, 2, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1, L, 2, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(linear_scan, (a, b))
+
+
+@pytest.mark.parametrize("L", [1, 7, 20])
+def test_selective_scan_gradcheck(L):
+    """The fused Mamba-1 scan's hand-written backward (u, delta, A, B, C; y and last state) is exact in float64."""
+    torch.manual_seed(0)
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    u, delta = torch.randn(1, L, 3, **f64), torch.rand(1, L, 3, **f64)
+    A = (-torch.rand(3, 2, dtype=torch.float64) * 2).requires_grad_(True)
+    B, C = torch.randn(1, L, 2, **f64), torch.randn(1, L, 2, **f64)
+    D = torch.randn(3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda *t: M.selective_scan(*t, D), (u, delta, A, B, C))
+    y, last = M.selective_scan(u, delta, A, B, C, D)
+    y_ref, last_ref = M.selective_scan_ref(u, delta, A, B, C, D)
+    assert_close("selective scan y", y, y_ref)
+    assert_close("selective scan last state", last, last_ref)
 
 
 def test_linear_scan_matches_loop_with_tiny_decays():
