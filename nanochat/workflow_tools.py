@@ -224,7 +224,7 @@ def prepare_resume(checkpoint_dir, inputs: list, settings: str) -> bool:
 # -----------------------------------------------------------------------------
 # Cross-run report
 
-REPORT_COLUMNS = ["exact_match", "f1", "citation_precision", "citation_recall", "recall@k"]
+REPORT_COLUMNS = ["em", "exact_match", "f1", "citation_precision", "citation_recall", "recall@k"]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
