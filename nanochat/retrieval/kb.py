@@ -244,7 +244,10 @@ def _build(chunks, output_dir, retriever_types, chunker: dict, n_documents: int,
     if len(chunks) == 0:
         raise ValueError("no chunks to index (were all documents rejected?)")
     types = expand_types(retriever_types)
-    settings = retriever_settings or {}
+    settings = dict(retriever_settings or {})
+    if "dense" in types:  # queries must be encoded by the model that encoded the chunks
+        emb_model = (embedding_info or {}).get("model") or model
+        settings["dense"] = {"model": emb_model, "precision": precision, **settings.get("dense", {})}
     fingerprint = chunks_fingerprint(chunks)
     old = _read_manifest(out)
     same_chunks = old is not None and old.get("chunks_fingerprint") == fingerprint
