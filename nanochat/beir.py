@@ -1,0 +1,124 @@
+"""BEIR-format loaders: corpus.jsonl (`_id, title, text`), queries.jsonl (`_id, text`), qrels TSV.
+
+Shapes follow beir's GenericDataLoader, but every record is checked: a bad line raises
+`file:line: field: problem` instead of turning into None. `.gz` files are read transparently.
+
+    docs = load_corpus("scifact/corpus.jsonl")          # [{"id", "title", "content", "metadata"}]
+    queries = load_queries("scifact/queries.jsonl")     # {qid: text}
+    qrels = load_qrels("scifact/qrels/train.tsv")       # {qid: {doc_id: relevance}}
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+
+def open_text(path):
+    """Text handle for a plain or gzip file (detected by magic bytes, not the name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, "r", encoding="utf-8")
+
+
+def _jsonl(path):
+    """(line number, object) for each non-blank line; bad JSON names file and line."""
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _field(obj: dict, name: str, where: str, required: bool = True) -> str:
+    if name not in obj:
+        if required:
+            raise ValueError(f"{where}: field '{name}' missing")
+        return ""
+    value = obj[name]
+    if value is None and not required:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool) and name == "_id":
+        value = str(value)  # some BEIR dumps have numeric ids
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def load_corpus(path) -> list[dict]:
+    """BEIR corpus -> our documents: id, title, content (= text, or the title when text is empty), metadata."""
+    docs, seen = [], {}
+    for lineno, obj in _jsonl(path):
+        where = f"{path}:{lineno}"
+        doc_id = _field(obj, "_id", where).strip()
+        if not doc_id:
+            raise ValueError(f"{where}: field '_id' is empty")
+        if doc_id in seen:
+            raise ValueError(f"{where}: field '_id' duplicates id {doc_id!r} first seen at line {seen[doc_id]}")
+        seen[doc_id] = lineno
+        title = _field(obj, "title", where, required=False).strip()
+        text = _field(obj, "text", where)
+        if not text.strip() and not title:
+            raise ValueError(f"{where}: fields 'title' and 'text' are both empty")
+        meta = obj.get("metadata")
+        docs.append({"id": doc_id, "title": title, "content": text if text.strip() else title,
+                     "metadata": meta if isinstance(meta, dict) else {}})
+    if not docs:
+        raise ValueError(f"{path}: no documents")
+    return docs
+
+
+def load_queries(path) -> dict[str, str]:
+    queries = {}
+    for lineno, obj in _jsonl(path):
+        where = f"{path}:{lineno}"
+        qid = _field(obj, "_id", where).strip()
+        if qid in queries:
+            raise ValueError(f"{where}: field '_id' duplicates query id {qid!r}")
+        text = _field(obj, "text", where)
+        if not text.strip():
+            raise ValueError(f"{where}: field 'text' is empty")
+        queries[qid] = text
+    return queries
+
+
+def load_qrels(path) -> dict[str, dict[str, int]]:
+    """TSV `query-id corpus-id score` (header line optional) -> {qid: {doc_id: relevance}}."""
+    qrels: dict[str, dict[str, int]] = {}
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").rstrip("\r").split("\t")
+            if lineno == 1 and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
+                continue
+            if len(parts) != 3:
+                raise ValueError(f"{path}:{lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), got {len(parts)}")
+            qid, did, score = (p.strip() for p in parts)
+            try:
+                rel = int(float(score))
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: field 'score' must be a number, got {score!r}") from None
+            qrels.setdefault(qid, {})[did] = rel
+    if not qrels:
+        raise ValueError(f"{path}: no qrels rows")
+    return qrels
+
+
+def corpus_to_chunks(docs: list[dict]) -> list[dict]:
+    """One chunk per BEIR passage (BEIR passages are already short; chunking would change the task)."""
+    from nanochat.chunking import count_tokens
+    return [{"id": f"{d['id']}#0", "doc_id": d["id"], "chunk_index": 0, "title": d["title"], "content": d["content"],
+             "source": None, "metadata": d.get("metadata") or {}, "n_tokens": count_tokens(d["content"]),
+             "char_start": 0, "char_end": len(d["content"])} for d in docs]

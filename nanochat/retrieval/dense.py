@@ -1,0 +1,177 @@
+"""Dense retrieval: FAISS inner product over L2-normalised sentence embeddings (== cosine).
+
+Files under `<kb>/dense/`: `index.faiss` (faiss.write_index, no pickle) and `settings.json`
+(model, precision, index kind) so the index carries what it was built with. Small KBs
+use exact search (IndexFlatIP); above `ivf_threshold` rows "auto" switches to IVF.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from nanochat.common import atomic_path, atomic_write_json
+from nanochat.retrieval.base import Retriever
+
+ADD_BLOCK = 65_536  # rows copied into FAISS at a time: a memmapped matrix is never fully materialised twice
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("dense retrieval needs FAISS: pip install faiss-cpu (or faiss-gpu)") from None
+    return faiss
+
+
+def faiss_gpu_available() -> bool:
+    faiss = _faiss()
+    if not hasattr(faiss, "StandardGpuResources"):
+        return False
+    try:
+        import torch
+        return torch.cuda.is_available() and faiss.get_num_gpus() > 0
+    except Exception:
+        return False
+
+
+def _normalised_block(block: np.ndarray) -> np.ndarray:
+    """float32 C-contiguous copy of a block, re-normalised if a producer forgot to."""
+    block = np.ascontiguousarray(block, dtype=np.float32)
+    norms = np.linalg.norm(block, axis=1)
+    if not np.allclose(norms, 1.0, atol=1e-3):
+        block = block / np.maximum(norms, 1e-12)[:, None]
+    return block
+
+
+def build_index(embeddings: np.ndarray, kind: str = "flat", nlist: int | None = None, hnsw_m: int = 32,
+                ef_construction: int = 200, seed: int = 0):
+    """A FAISS inner-product index over (N, d) normalised vectors, filled block by block."""
+    faiss = _faiss()
+    n, d = embeddings.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 256 * nlist), replace=False))
+        index.train(_normalised_block(embeddings[sample]))
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+    else:
+        raise ValueError(f"dense index kind must be flat, ivf or hnsw, got {kind!r}")
+    for start in range(0, n, ADD_BLOCK):
+        index.add(_normalised_block(embeddings[start:start + ADD_BLOCK]))
+    return index
+
+
+class DenseRetriever(Retriever):
+    name = "dense"
+    DEFAULTS = {
+        "model": "all-MiniLM-L6-v2",
+        "precision": "auto",        # query encoding precision (see nanochat.embeddings)
+        "index": "auto",            # auto | flat | ivf | hnsw
+        "ivf_threshold": 50_000,    # auto: exact search below this many chunks, IVF above
+        "nlist": None,              # IVF lists (None: ~4 sqrt(N))
+        "nprobe": 32,               # IVF lists scanned per query
+        "hnsw_m": 32,
+        "ef_search": 128,
+        "query_batch_size": 256,
+        "use_gpu": "auto",          # auto | true | false: GPU FAISS when built with GPU support and CUDA is present
+    }
+
+    def __init__(self, index, settings: dict, kb_path: Path | None = None):
+        self.index = index
+        self.settings = settings
+        self.kb_path = kb_path
+
+    @classmethod
+    def build(cls, kb_dir, chunks, settings: dict, embeddings: np.ndarray | None) -> dict:
+        faiss = _faiss()
+        s = {**cls.DEFAULTS, **{k: v for k, v in (settings or {}).items() if k in cls.DEFAULTS}}
+        if embeddings is None:  # a KB built without the embed stage: encode here
+            from nanochat.embeddings import encode_texts
+            from nanochat.retrieval.kb import passage_texts
+            embeddings = encode_texts(passage_texts(chunks), s["model"], precision=s["precision"])
+        n, d = embeddings.shape
+        if n != len(chunks):
+            raise ValueError(f"embeddings have {n} rows but the KB has {len(chunks)} chunks; rebuild the embeddings")
+        if n == 0:
+            raise ValueError("cannot build a dense index over an empty knowledge base (0 chunks)")
+        kind = s["index"]
+        if kind == "auto":
+            kind = "ivf" if n >= s["ivf_threshold"] else "flat"
+        index = build_index(embeddings, kind, nlist=s["nlist"], hnsw_m=s["hnsw_m"])
+        out_dir = Path(kb_dir) / cls.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / "index.faiss") as tmp:
+            faiss.write_index(index, str(tmp))
+        used = {**s, "index_kind": kind, "dimension": int(d), "rows": int(n)}
+        if kind == "ivf":
+            used["nlist"] = int(index.nlist)
+        atomic_write_json(out_dir / "settings.json", used)
+        return used
+
+    @classmethod
+    def load(cls, kb, **overrides) -> "DenseRetriever":
+        """Overrides (e.g. nprobe=64, use_gpu=False, precision="fp32") apply to searching only."""
+        faiss = _faiss()
+        out_dir = Path(kb.path) / cls.name
+        if not (out_dir / "index.faiss").is_file():
+            raise FileNotFoundError(f"dense index not found: {out_dir / 'index.faiss'}; build the KB with --type dense")
+        settings = json.loads((out_dir / "settings.json").read_text())
+        unknown = set(overrides) - set(cls.DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown dense retriever setting(s): {sorted(unknown)}; known: {sorted(cls.DEFAULTS)}")
+        settings.update(overrides)
+        # queries must be encoded by the model that embedded the chunks: the KB manifest is the authority
+        emb_model = ((getattr(kb, "manifest", None) or {}).get("embedding") or {}).get("model")
+        if emb_model and "model" not in overrides:
+            settings["model"] = emb_model
+        index = faiss.read_index(str(out_dir / "index.faiss"))
+        if settings.get("index_kind") == "ivf":
+            index.nprobe = int(settings["nprobe"])
+        elif settings.get("index_kind") == "hnsw":
+            index.hnsw.efSearch = int(settings["ef_search"])
+        use_gpu = str(settings.get("use_gpu", "auto")).lower()
+        if use_gpu in ("true", "1") or (use_gpu == "auto" and settings.get("index_kind") != "hnsw" and faiss_gpu_available()):
+            if not faiss_gpu_available():
+                raise RuntimeError("use_gpu=true but FAISS has no GPU support or no CUDA GPU is visible; set use_gpu to auto")
+            cls._gpu_res = getattr(cls, "_gpu_res", None) or faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(cls._gpu_res, 0, index)
+        return cls(index, settings, Path(kb.path))
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        from nanochat.embeddings import encode_texts
+        return encode_texts(queries, self.settings["model"], batch_size=64, precision=self.settings["precision"],
+                            show_progress=len(queries) > 1000)
+
+    def search_vectors(self, vectors: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search with precomputed query vectors (Q, d); padding -1 / -inf past the index size."""
+        q = vectors.shape[0]
+        k = min(top_k, self.index.ntotal)
+        idx = np.full((q, top_k), -1, dtype=np.int64)
+        scores = np.full((q, top_k), -np.inf, dtype=np.float32)
+        if q == 0 or k == 0:
+            return idx, scores
+        bs = int(self.settings.get("query_batch_size", 256))
+        for start in range(0, q, bs):
+            s, i = self.index.search(np.ascontiguousarray(vectors[start:start + bs], dtype=np.float32), k)
+            s[i < 0] = -np.inf
+            idx[start:start + bs, :k] = i
+            scores[start:start + bs, :k] = s
+        return idx, scores
+
+    def search_batch(self, queries: list[str], top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        queries = list(queries)
+        vectors = self.encode_queries(queries) if queries else np.zeros((0, self.index.d), np.float32)
+        if vectors.shape[1] != self.index.d:
+            raise ValueError(f"query model {self.settings['model']!r} gives {vectors.shape[1]}-d vectors but the dense index "
+                             f"holds {self.index.d}-d vectors; use the model the KB was built with")
+        return self.search_vectors(vectors, top_k)

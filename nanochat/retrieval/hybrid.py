@@ -1,0 +1,148 @@
+"""Hybrid retrieval: dense + BM25 candidate lists fused into one ranking.
+
+Two fusions:
+- "interpolate" (default): min-max normalise each list's scores to [0, 1] over its candidates,
+  then dense_weight * dense + (1 - dense_weight) * bm25; a document missing from a list gets 0 there.
+- "rrf": reciprocal rank fusion, sum over lists of 1 / (rrf_k + rank), rank starting at 1.
+Default chosen by measurement on SciFact train only (bench/retrieval_quality.py): interpolation
+with dense_weight 0.45 beat RRF (see the report / docs). Both lists are fetched deeper than top_k
+(max(depth, depth_factor * top_k)) so a document ranked low by one retriever can still surface.
+
+The build writes only `<kb>/hybrid/settings.json`; the dense and bm25 indexes are reused.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from nanochat.common import atomic_write_json
+from nanochat.retrieval.base import Retriever
+
+FUSIONS = ("interpolate", "rrf")
+
+
+def _valid(indices: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = indices >= 0
+    return indices[keep], scores[keep]
+
+
+def rrf_scores(ranked_lists: list[np.ndarray], k: int = 60, weights=None) -> dict[int, float]:
+    """Reciprocal rank fusion of best-first index lists (-1 = padding) -> {index: fused score}."""
+    weights = [1.0] * len(ranked_lists) if weights is None else weights
+    fused: dict[int, float] = {}
+    for w, idx in zip(weights, ranked_lists):
+        idx = idx[idx >= 0]
+        for rank, i in enumerate(idx.tolist(), start=1):
+            fused[i] = fused.get(i, 0.0) + w / (k + rank)
+    return fused
+
+
+def minmax(scores: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1]; a constant list maps to all ones (every candidate equally good)."""
+    if scores.size == 0:
+        return scores.astype(np.float64)
+    lo, hi = float(scores.min()), float(scores.max())
+    if hi - lo <= 1e-12:
+        return np.ones_like(scores, dtype=np.float64)
+    return (scores.astype(np.float64) - lo) / (hi - lo)
+
+
+def interpolate_scores(lists: list[tuple[np.ndarray, np.ndarray]], weights: list[float]) -> dict[int, float]:
+    """sum_i w_i * minmax(scores_i)[doc] over lists of (indices, scores); absent = 0."""
+    fused: dict[int, float] = {}
+    for w, (idx, sc) in zip(weights, lists):
+        idx, sc = _valid(idx, sc)
+        for i, s in zip(idx.tolist(), minmax(sc).tolist()):
+            fused[i] = fused.get(i, 0.0) + w * s
+    return fused
+
+
+def top_k_of(fused: dict[int, float], top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-first (indices, scores) of length top_k, padded with -1 / -inf; ties broken by lower index."""
+    idx = np.full(top_k, -1, dtype=np.int64)
+    scores = np.full(top_k, -np.inf, dtype=np.float32)
+    best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+    for r, (i, s) in enumerate(best):
+        idx[r], scores[r] = i, s
+    return idx, scores
+
+
+def fuse(dense: tuple[np.ndarray, np.ndarray], sparse: tuple[np.ndarray, np.ndarray], top_k: int,
+         fusion: str = "interpolate", dense_weight: float = 0.45, rrf_k: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse batched (indices (Q, n), scores (Q, n)) from dense and BM25 into (Q, top_k)."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if not 0.0 <= dense_weight <= 1.0:
+        raise ValueError(f"dense_weight must be in [0, 1], got {dense_weight}")
+    q = dense[0].shape[0]
+    assert sparse[0].shape[0] == q, f"dense has {q} query rows, bm25 has {sparse[0].shape[0]}"
+    idx = np.full((q, top_k), -1, dtype=np.int64)
+    scores = np.full((q, top_k), -np.inf, dtype=np.float32)
+    for r in range(q):
+        d, s = (dense[0][r], dense[1][r]), (sparse[0][r], sparse[1][r])
+        if fusion == "rrf":
+            fused = rrf_scores([d[0], s[0]], k=rrf_k, weights=[2 * dense_weight, 2 * (1 - dense_weight)])
+        else:
+            fused = interpolate_scores([d, s], [dense_weight, 1.0 - dense_weight])
+        idx[r], scores[r] = top_k_of(fused, top_k)
+    return idx, scores
+
+
+class HybridRetriever(Retriever):
+    name = "hybrid"
+    DEFAULTS = {
+        "fusion": "interpolate",  # interpolate | rrf
+        "dense_weight": 0.45,     # interpolate: weight of the dense score; rrf: 0.5 = plain (unweighted) RRF
+        "rrf_k": 60,
+        "depth": 100,             # candidates fetched from each retriever: max(depth, depth_factor * top_k)
+        "depth_factor": 4,
+    }
+
+    def __init__(self, dense, sparse, settings: dict):
+        self.dense, self.sparse, self.settings = dense, sparse, settings
+
+    @classmethod
+    def _check(cls, s: dict) -> dict:
+        unknown = set(s) - set(cls.DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown hybrid setting(s): {sorted(unknown)}; known: {sorted(cls.DEFAULTS)}")
+        s = {**cls.DEFAULTS, **s}
+        if s["fusion"] not in FUSIONS:
+            raise ValueError(f"hybrid fusion must be one of {FUSIONS}, got {s['fusion']!r}")
+        if not 0.0 <= float(s["dense_weight"]) <= 1.0:
+            raise ValueError(f"hybrid dense_weight must be in [0, 1], got {s['dense_weight']}")
+        return s
+
+    @classmethod
+    def build(cls, kb_dir, chunks, settings: dict, embeddings: np.ndarray | None) -> dict:
+        s = cls._check(dict(settings or {}))
+        for dep in ("dense", "bm25"):
+            if not (Path(kb_dir) / dep).is_dir():
+                raise FileNotFoundError(f"hybrid retrieval reuses the {dep} index, but {Path(kb_dir) / dep} does not exist; "
+                                        "build the KB with --type hybrid (which builds dense and bm25 first)")
+        atomic_write_json(Path(kb_dir) / cls.name / "settings.json", s)
+        return s
+
+    @classmethod
+    def load(cls, kb, **overrides) -> "HybridRetriever":
+        """Overrides (fusion, dense_weight, rrf_k, depth, depth_factor) change search without a rebuild."""
+        from nanochat.retrieval.registry import get_retriever_class
+        path = Path(kb.path) / cls.name / "settings.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"hybrid settings not found: {path}; build the KB with --type hybrid")
+        s = cls._check({**json.loads(path.read_text()), **overrides})
+        dense = get_retriever_class("dense").load(kb)
+        sparse = get_retriever_class("bm25").load(kb)
+        return cls(dense, sparse, s)
+
+    def search_batch(self, queries: list[str], top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        s = self.settings
+        depth = max(int(s["depth"]), int(s["depth_factor"]) * top_k)
+        queries = list(queries)
+        d = self.dense.search_batch(queries, depth)
+        b = self.sparse.search_batch(queries, depth)
+        return fuse(d, b, top_k, s["fusion"], float(s["dense_weight"]), int(s["rrf_k"]))
