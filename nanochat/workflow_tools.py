@@ -380,7 +380,7 @@ def dvc_plots(jobs: list[dict]) -> list:
     for j in jobs:
         if j["rule"] == "report":
             table = next(f for f in j["output"] if f.endswith(".csv"))
-            plots.append({table: {"x": "run", "y": "f1", "template": "bar_horizontal",
+            plots.append({table: {"x": "f1", "y": "run", "template": "bar_horizontal",
                                   "title": "held-out F1 per run"}})
         if "checkpoint_dir" in j["params"] and j["rule"].endswith("finetune"):
             plots.append({f"{j['params']['checkpoint_dir']}/metrics.csv": {"x": "step", "y": "loss",
