@@ -1,0 +1,56 @@
+"""The SLURM profile submits real jobs to a single-node SLURM on localhost (.ci/slurm_setup.sh).
+
+    bash .ci/slurm_setup.sh && python -m pytest -q tests/workflow/test_slurm.py
+
+Starts the daemons itself when none answer (and stops those, by PID, afterwards); skips only where the
+slurm-wlm/munge packages cannot be installed.
+"""
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY, copy_workflow, snakemake
+
+STATE = os.environ.get("SLURM_STATE_DIR", "/tmp/nanochat-slurm")
+
+
+def slurm_up() -> bool:
+    return shutil.which("sinfo") is not None and subprocess.run(
+        ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip() in ("idle", "mixed", "allocated")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    started = False
+    if not slurm_up():
+        proc = subprocess.run(["bash", str(ROOT / ".ci/slurm_setup.sh")], capture_output=True, text=True)
+        if proc.returncode != 0:
+            if not shutil.which("slurmctld"):
+                pytest.skip(f"slurm-wlm/munge could not be installed with apt-get: {proc.stderr[-500:]}")
+            raise AssertionError(f".ci/slurm_setup.sh failed:\n{proc.stdout}\n{proc.stderr}")
+        started = True
+    yield
+    if started:
+        subprocess.run(["bash", str(ROOT / ".ci/slurm_setup.sh"), "stop"], check=True)
+
+
+def test_profile_is_valid_yaml_with_required_settings():
+    prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert prof["executor"] == "slurm" and prof["slurm-status-command"] == "squeue"
+    assert prof["default-resources"]["slurm_account"] and prof["default-resources"]["slurm_partition"]
+    assert all(prof["set-resources"][r]["gpu"] >= 1 for r in ("base_train", "rag_finetune", "refrag_finetune"))
+
+
+@pytest.mark.slow
+def test_tiny_dag_part_runs_through_slurm(slurm, tmp_path):
+    work = copy_workflow(tmp_path)
+    target = "results/runs/tiny_rag/leakage.json"  # synthetic_world -> check_leakage: two SLURM jobs
+    proc = snakemake(work, target, "--profile", "profiles/slurm", "--configfile", TINY, "--replace-workflow-config",
+                     timeout=300)
+    assert proc.stdout.count("has been submitted with SLURM jobid") == 2, proc.stdout[-3000:]
+    assert (work / target).is_file() and (work / "results/synthetic/manifest.json").is_file()
+    logs = list((work / "logs/slurm").rglob("*.log"))
+    assert logs, "no SLURM job logs under logs/slurm"
