@@ -27,7 +27,6 @@ from nanochat import qa_metrics as M
 
 logger = logging.getLogger("nanochat.evaluation")
 CONDITIONS = ("retrieval", "no_retrieval", "oracle")
-DEFAULT_SYSTEM = "You are a helpful assistant. Use the provided documents to answer accurately."
 
 
 # -----------------------------------------------------------------------------
@@ -73,36 +72,20 @@ def oracle_documents(item: dict, top_k: int, seed: int = 0) -> list[dict]:
     return [docs[i] for i in order]
 
 
-def truncate_docs(docs: list[dict], tokenizer, max_doc_length: int) -> list[dict]:
-    """Cut each document's content to max_doc_length tokens (as training did); -1 keeps everything."""
+def truncate_docs(docs: list[dict], max_doc_length: int | None) -> list[dict]:
+    """Cut each document to max_doc_length whitespace words, as nanochat.raft did for training (-1/None = all)."""
+    from nanochat.raft import truncate_words
     if max_doc_length is None or max_doc_length < 0:
         return docs
-    out = []
-    for d in docs:
-        ids = tokenizer.encode(d["content"])
-        out.append({**d, "content": tokenizer.decode(ids[:max_doc_length]) if len(ids) > max_doc_length else d["content"]})
-    return out
+    return [{**d, "content": truncate_words(d["content"], max_doc_length)} for d in docs]
 
 
-def build_conversation(question: str, documents: list[dict] | None, system: str = DEFAULT_SYSTEM) -> dict:
-    """The guide's Step 4 conversation; documents None drops the retrieval message."""
-    messages = [{"role": "system", "content": system}]
+def build_conversation(question: str, documents: list[dict] | None) -> dict:
+    """The training prompt (nanochat.raft's system prompt and shape); documents None drops the retrieval message."""
+    from nanochat import raft
     if documents is not None:
-        messages.append({"role": "retrieval", "documents": documents})
-    messages.append({"role": "user", "content": question})
-    return {"messages": messages}
-
-
-def conversation_builder():
-    """nanochat.raft's eval conversation builder when it has one (same prompt as training), else ours."""
-    try:
-        from nanochat import raft
-        fn = getattr(raft, "build_eval_conversation", None)
-        if fn is not None:
-            return fn
-    except ImportError:
-        pass
-    return build_conversation
+        return raft.build_conversation(question, documents)
+    return {"messages": [{"role": "system", "content": raft.SYSTEM_PROMPT}, {"role": "user", "content": question}]}
 
 
 # -----------------------------------------------------------------------------
@@ -188,7 +171,7 @@ def evaluate(model, tokenizer, items: list[dict], top_k: int, max_tokens: int = 
              conditions=CONDITIONS, seed: int = 0) -> tuple[dict, list[dict]]:
     """Score the model on items under each condition -> (metrics, per-question rows)."""
     from nanochat.engine import Engine
-    engine, build = Engine(model, tokenizer), conversation_builder()
+    engine = Engine(model, tokenizer)
     docs_for = {"retrieval": lambda it: it["retrieved"], "no_retrieval": lambda it: None,
                 "oracle": lambda it: oracle_documents(it, top_k, seed)}
     rows = [{"id": it["id"], "question": it["question"], "answers": " | ".join(it["answers"]), "hops": it.get("hops", 1),
@@ -200,8 +183,8 @@ def evaluate(model, tokenizer, items: list[dict], top_k: int, max_tokens: int = 
     for cond in conditions:
         t0 = time.time()
         docs = [docs_for[cond](it) for it in items]
-        docs = [None if d is None else truncate_docs(d, tokenizer, max_doc_length) for d in docs]
-        convs = [build(it["question"], d) for it, d in zip(items, docs)]
+        docs = [None if d is None else truncate_docs(d, max_doc_length) for d in docs]
+        convs = [build_conversation(it["question"], d) for it, d in zip(items, docs)]
         answers = generate_answers(engine, convs, max_tokens, desc=cond)
         suffix = "" if cond == "retrieval" else f"_{cond}"
         for it, row, ans, d in zip(items, rows, answers, docs):
@@ -241,12 +224,13 @@ def main(argv=None):
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: last)")
     p.add_argument("--base_dir", default=None, help="checkpoints root (default $NANOCHAT_BASE_DIR)")
     p.add_argument("--top_k", type=int, default=None, help="documents shown (default: the fine-tune's top_k, else 5)")
-    p.add_argument("--max_doc_length", type=int, default=None, help="tokens per document (default: the fine-tune's)")
+    p.add_argument("--max_doc_length", type=int, default=None, help="words per document (default: the fine-tune's)")
     p.add_argument("--max_tokens", type=int, default=48, help="answer length cap in tokens")
     p.add_argument("--max_questions", type=int, default=-1, help="evaluate the first N questions (-1 = all)")
     p.add_argument("--conditions", default=",".join(CONDITIONS), help="comma list of retrieval,no_retrieval,oracle")
     p.add_argument("--training_csv", default=None, help="fine-tune metrics.csv for the curves plot (default: beside the checkpoint)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    p.add_argument("--num_threads", type=int, default=-1, help="CPU threads (-1 = auto: 1 when the machine is oversubscribed)")
     p.add_argument("--output", required=True, help="output directory for metrics.json, per_question.csv, *.png")
     args = p.parse_args(argv)
 
@@ -256,7 +240,9 @@ def main(argv=None):
     from nanochat.queries import load_queries
     from nanochat.retrieval.kb import KnowledgeBase
     from nanochat import plots
+    from nanochat.training import set_threads
     device = resolve_device(args.device)
+    set_threads(args.num_threads, device)
     kb = KnowledgeBase.load(args.knowledge_base)
     model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step,
                                         base_dir=args.base_dir)

@@ -165,6 +165,40 @@ def masked_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "m
                                              ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
+class SupervisedLoss(torch.nn.Module):
+    """GPT.forward's loss, but the lm_head runs only at supervised positions.
+
+    In a RAG example ~10 of ~300 tokens are the answer: projecting every position onto the vocabulary
+    (plus softcap and log-softmax over (B, T, V)) is most of the head's cost and all of it wasted. Same
+    math as GPT.forward (trunk, final norm, lm_head, tanh softcap, cross-entropy ignoring -1), checked
+    against it in tests/test_training.py; models without that structure fall back to model(x, y).
+    Wrap this module (not the GPT) in DDP so gradients still synchronise.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.fast = all(hasattr(model, a) for a in ("transformer", "lm_head", "cos", "sin"))
+
+    def forward(self, idx, targets, loss_reduction: str = "mean"):
+        if not self.fast:
+            return self.model(idx, targets, loss_reduction=loss_reduction)
+        from nanochat.blocks import norm
+        from nanochat.gpt import SOFTCAP
+        m, T = self.model, idx.size(1)
+        cos_sin = m.cos[:, :T], m.sin[:, :T]  # (1, T, 1, D/2)
+        x = norm(m.transformer.wte(idx))  # (B, T, C)
+        for block in m.transformer.h:
+            x = block(x, cos_sin, None)
+        keep = targets != IGNORE_INDEX  # (B, T)
+        h = norm(x)[keep]  # (N, C) supervised positions only
+        logits = m.lm_head(h).float()  # (N, V)
+        logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
+        if h.size(0) == 0:  # nothing supervised in this batch: a zero that keeps the graph
+            return logits.sum() * 0.0
+        return torch.nn.functional.cross_entropy(logits, targets[keep], reduction=loss_reduction)
+
+
 # -----------------------------------------------------------------------------
 # Devices, precision, DDP
 
@@ -195,6 +229,21 @@ def all_reduce_mean(value: float, device) -> float:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def set_threads(num_threads: int, device) -> int:
+    """CPU intra-op threads. -1 = auto: one thread when the machine is oversubscribed (load average above the
+    core count), where OpenMP workers spin against other processes and a step runs several times slower
+    (measured 7x on a shared 2-core box), else torch's default; under torchrun each rank gets cores/ranks."""
+    if torch.device(device).type != "cpu":
+        return torch.get_num_threads()
+    if num_threads <= 0:
+        cores = os.cpu_count() or 1
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > cores
+        num_threads = 1 if busy else max(1, cores // world)
+    torch.set_num_threads(num_threads)
+    return num_threads
 
 
 def seed_everything(seed: int) -> None:
@@ -372,7 +421,8 @@ def build_rag_dataset(kb_path, args, dataset_dir, work_dir, tokenizer) -> Path:
     files, how = resolve_query_files(kb_path, args.queries_train, args.queries_val)
     if not files:
         from nanochat import doc_questions
-        files = doc_questions.write_query_files(kb_path, work_dir, seed=args.seed)
+        doc_questions.main(["--knowledge_base", str(kb_path), "--seed", str(args.seed), "--output", str(work_dir)])
+        files = {"train": work_dir / "queries_train.jsonl", "val": work_dir / "queries_val.jsonl"}
         how = "questions built from the documents (nanochat.doc_questions)"
     logger.info("rag_finetune: training queries from %s: %s", how, {k: str(v) for k, v in files.items()})
     print0(f"queries: {how}")
@@ -405,50 +455,22 @@ def split_train_val(train_path, work_dir, seed: int = 0, val_frac: float = 0.1) 
     return out
 
 
-_warned_tasks: set = set()
+def load_base_tasks(spec: str | None, task_samples: int, n_rag: int, tokenizer, max_seq_len: int, seed: int = 0) -> list:
+    """Rendered (ids, mask) general conversations mixed into training (nanochat.raft finds and validates them).
 
-
-def find_base_task(name: str, base_dir) -> Path | None:
-    """A general chat task cached locally as JSONL of {"messages": [...]} (no downloads at run time)."""
-    roots = [Path(base_dir) / "base_tasks"] + ([Path(os.environ["NANOCHAT_TASKS_DIR"])] if os.environ.get("NANOCHAT_TASKS_DIR") else [])
-    for root in roots:
-        for cand in (root / f"{name}.jsonl", root / f"{name.lower()}.jsonl"):
-            if cand.is_file():
-                return cand
-    return None
-
-
-def load_base_tasks(spec: str | None, task_samples: int, tokenizer, base_dir, max_seq_len: int, seed: int = 0) -> list:
-    """Rendered (ids, mask) examples of the requested general tasks.
-
-    spec None means the guide's default "SmolTalk": used if cached, else one warning and RAG data only.
-    An explicitly named task that is not cached is an error; "" or "none" turns mixing off.
+    spec None is the guide's default "SmolTalk": used if cached locally, else one warning and RAG data only;
+    an explicitly named task that is not cached is an error; "none" turns mixing off. task_samples -1 takes
+    one general conversation per 4 RAG examples.
     """
-    explicit = spec is not None
-    names = [n.strip() for n in (spec if explicit else "SmolTalk").split(",") if n.strip() and n.strip().lower() != "none"]
-    examples = []
-    for name in names:
-        path = find_base_task(name, base_dir)
-        if path is None:
-            where = Path(base_dir) / "base_tasks" / f"{name}.jsonl"
-            if explicit:
-                raise FileNotFoundError(f"--base_tasks {name}: not available offline (expected {where} with one "
-                                        f'{{"messages": [...]}} per line); cache it there or pass --base_tasks none')
-            if name not in _warned_tasks:
-                _warned_tasks.add(name)
-                logger.warning("base task %s is not cached at %s; fine-tuning on RAG data only", name, where)
-            continue
-        convs = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    rec = json.loads(line)
-                    if "messages" not in rec:
-                        raise ValueError(f"{path}:{line_no}: field 'messages' missing")
-                    convs.append(rec)
-        if task_samples > 0 and len(convs) > task_samples:
-            pick = np.random.default_rng([seed, len(examples)]).choice(len(convs), task_samples, replace=False)
-            convs = [convs[i] for i in sorted(pick)]
-        examples += [tokenizer.render_conversation(c, max_tokens=max_seq_len + 1) for c in convs]
-        print0(f"base task {name}: {len(convs)} conversations from {path}")
-    return examples
+    from nanochat.raft import load_base_conversations
+    if spec is None:
+        spec = "auto"
+    spec = ",".join("smoltalk" if t.strip().lower() == "smoltalk" else t.strip() for t in spec.split(","))
+    n = task_samples if task_samples >= 0 else max(1, n_rag // 4)
+    convs = load_base_conversations(spec if spec.lower() != "none" else "none", n, seed)
+    out = []
+    for c in convs:
+        ids, mask, info = tokenizer.render_conversation(c, max_tokens=max_seq_len + 1, on_overflow="report")
+        if not info["cut_tokens"]:
+            out.append((ids, mask))
+    return out

@@ -42,6 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
     # runtime
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    parser.add_argument("--num_threads", type=int, default=-1, help="CPU threads per process (-1 = auto: 1 when the machine is oversubscribed)")
     parser.add_argument("--seed", type=int, default=0, help="init and data-order seed")
     parser.add_argument("--base_dir", default=None, help="default $NANOCHAT_BASE_DIR or ~/.cache/nanochat")
     return parser.parse_args(argv)
@@ -62,6 +63,7 @@ def main(argv=None):
     args = parse_args(argv)
     ddp, rank, local_rank, world_size, device = compute_init(args.device)
     T.seed_everything(args.seed)
+    n_threads = T.set_threads(args.num_threads, device)
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.tokenizer import Tokenizer
     from nanochat.checkpoint_manager import save_checkpoint
@@ -91,7 +93,7 @@ def main(argv=None):
     model.to_empty(device=device)
     model.init_weights()
     n_params = sum(p.numel() for p in model.parameters())
-    print0(f"model: {n_params / 1e6:.2f}M params, pattern {','.join(pattern)}, width {args.n_embd}")
+    print0(f"model: {n_params / 1e6:.2f}M params, pattern {','.join(pattern)}, width {args.n_embd}, {n_threads} CPU threads")
     optimizer = model.setup_optimizer(lr=args.lr, weight_decay=args.weight_decay)
     ddp_model = T.wrap_ddp(model, ddp, device)
     autocast_ctx = T.autocast_for(device)

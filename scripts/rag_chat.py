@@ -14,14 +14,16 @@ from nanochat.cli import ArgumentParser
 
 
 def chat_turn(engine, retriever, query: str, top_k: int = 5, max_tokens: int = 200,
-              system: str = "You are a helpful assistant. Use the provided documents to answer accurately.",
-              max_doc_length: int = -1, tokenizer=None):
+              system: str | None = None,
+              max_doc_length: int = -1):
     """Retrieve, build the guide's conversation, generate -> (answer, documents)."""
+    from nanochat.raft import SYSTEM_PROMPT  # the prompt the model was fine-tuned with
+    system = system or SYSTEM_PROMPT
     docs = retriever.retrieve(query, top_k=top_k)
     doc_dicts = [d.to_dict() for d in docs]
-    if max_doc_length > 0 and tokenizer is not None:
+    if max_doc_length > 0:
         from nanochat.evaluation import truncate_docs
-        doc_dicts = truncate_docs(doc_dicts, tokenizer, max_doc_length)
+        doc_dicts = truncate_docs(doc_dicts, max_doc_length)
     conversation = {"messages": [{"role": "system", "content": system},
                                  {"role": "retrieval", "documents": doc_dicts},
                                  {"role": "user", "content": query}]}
@@ -46,6 +48,8 @@ def main(argv=None, stdin=None, stdout=None):
     from nanochat.checkpoint_manager import load_model
     from nanochat.engine import Engine
     from nanochat.retrieval import RetrievalManager
+    from nanochat.training import set_threads
+    set_threads(-1, args.device if args.device != "auto" else "cpu")
     model, tokenizer, meta = load_model(args.source, device=args.device, phase="eval", model_tag=args.model_tag,
                                         step=args.step, base_dir=args.base_dir)
     retriever = RetrievalManager(retriever_type=args.retriever_type, knowledge_base_path=args.knowledge_base)
@@ -66,7 +70,7 @@ def main(argv=None, stdin=None, stdout=None):
         if not query:
             continue
         response, docs = chat_turn(engine, retriever, query, top_k, args.max_tokens,
-                                   max_doc_length=max_doc_length, tokenizer=tokenizer)
+                                   max_doc_length=max_doc_length)
         print(f"Assistant: {response}", file=stdout)
         print(f"\n[Sources: {', '.join(d.title for d in docs[:3])}]", file=stdout, flush=True)
     return 0

@@ -31,14 +31,14 @@ def main(argv=None):
     parser.add_argument("--knowledge_base", required=True, help="KB directory (must exist)")
     parser.add_argument("--retriever_type", default="simple", choices=["simple", "bm25", "dense", "hybrid"], help="retriever used to precompute documents")
     parser.add_argument("--top_k", type=int, default=5, help="documents per query in the retrieval message (more for Mamba, up to 10)")
-    parser.add_argument("--max_doc_length", type=int, default=300, help="tokens kept per document (truncation)")
+    parser.add_argument("--max_doc_length", type=int, default=300, help="words kept per document (truncation; -1 = no limit)")
     parser.add_argument("--p_gold", type=float, default=0.8, help="RAFT: share of examples whose documents include the gold one")
     # data
     parser.add_argument("--dataset", default=None, help="pre-tokenised shards from nanochat.raft (skips the build below)")
     parser.add_argument("--queries_train", default=None, help="training queries (default: queries_train.jsonl beside the KB, else doc questions)")
     parser.add_argument("--queries_val", default=None, help="validation queries (default: queries_val.jsonl beside the KB)")
-    parser.add_argument("--base_tasks", default=None, help="comma list of general chat tasks to mix in (default SmolTalk, only if cached)")
-    parser.add_argument("--task_samples", type=int, default=-1, help="examples taken per base task (-1 = all)")
+    parser.add_argument("--base_tasks", default=None, help="general chat to mix in: SmolTalk (default; only if cached locally), none, or JSONL files")
+    parser.add_argument("--task_samples", type=int, default=-1, help="general conversations mixed in (-1 = one per 4 RAG examples)")
     # model source and output
     parser.add_argument("--source", default="mid", choices=["base", "mid"], help="checkpoint family to start from")
     parser.add_argument("--model_tag", default=None, help="source checkpoint tag (default: largest model); also the output tag")
@@ -57,10 +57,12 @@ def main(argv=None):
     parser.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
     # evaluation, checkpoints, logging
     parser.add_argument("--eval_every", type=int, default=100, help="validation loss every N steps (-1 = only at the end)")
+    parser.add_argument("--eval_examples", type=int, default=256, help="validation examples per val-loss measurement (-1 = all)")
     parser.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1 = only at the end)")
     parser.add_bool("--resume", default=False, help="continue from the last checkpoint of the output tag")
     parser.add_argument("--run", default="dummy", help="wandb run name (wandb used only when WANDB_RUN is set)")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    parser.add_argument("--num_threads", type=int, default=-1, help="CPU threads per process (-1 = auto: 1 when the machine is oversubscribed)")
     parser.add_argument("--seed", type=int, default=0, help="data order and RAFT sampling seed")
     args = parser.parse_args(argv)
     setup_logging()
@@ -69,6 +71,7 @@ def main(argv=None):
     # Compute, model, knowledge base
     ddp, rank, local_rank, world_size, device = compute_init(args.device)
     T.seed_everything(args.seed)
+    n_threads = T.set_threads(args.num_threads, device)
     from nanochat.checkpoint_manager import find_last_step, load_checkpoint, load_model, save_checkpoint
     from nanochat.gpt import require_mamba
     from nanochat.retrieval.kb import KnowledgeBase
@@ -81,7 +84,7 @@ def main(argv=None):
     out_tag = args.output_tag or args.model_tag or source_meta.get("model_tag") or "rag"
     ckpt_dir = base_dir / "rag_checkpoints" / out_tag
     print0(f"source: {args.source} ({source_meta.get('model_tag', args.model_tag)}, step {source_meta.get('step')}) "
-           f"-> {ckpt_dir}; pattern {model.config.block_pattern}")
+           f"-> {ckpt_dir}; pattern {model.config.block_pattern}; {n_threads} CPU threads")
 
     # -----------------------------------------------------------------------------
     # Data: shards from nanochat.raft (built here once, on rank 0, when --dataset is not given)
@@ -93,7 +96,10 @@ def main(argv=None):
     from nanochat.raft import load_dataset_shards
     train_examples = list(load_dataset_shards(str(dataset_dir), "train"))
     val_examples = list(load_dataset_shards(str(dataset_dir), "val"))
-    task_examples = T.load_base_tasks(args.base_tasks, args.task_samples, tokenizer, base_dir, args.max_seq_len, args.seed)
+    if args.eval_examples > 0:  # a fixed subset: comparable across steps, cheap enough to run often
+        val_examples = val_examples[: args.eval_examples]
+    task_examples = T.load_base_tasks(args.base_tasks, args.task_samples, len(train_examples), tokenizer,
+                                      args.max_seq_len, args.seed)
     train_examples += task_examples
     data_hash = sha256_file(dataset_dir / "manifest.json")
     print0(f"data: {len(train_examples)} train ({len(task_examples)} from base tasks) / {len(val_examples)} val examples "
@@ -121,7 +127,8 @@ def main(argv=None):
         print0(f"resumed from step {start_step} (epoch {loader.cursor.epoch}, example {loader.cursor.position})")
     elif args.resume:
         print0(f"--resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
-    ddp_model = T.wrap_ddp(model, ddp, device)
+    loss_model = T.SupervisedLoss(model)  # lm_head only where the answer is
+    ddp_model = T.wrap_ddp(loss_model, ddp, device)
     autocast_ctx = T.autocast_for(device)
     log = T.MetricsLogger(ckpt_dir / "metrics.csv", run_name=args.run, config=vars(args), rank=rank,
                           resume_step=start_step)
@@ -129,7 +136,7 @@ def main(argv=None):
 
     def validation_loss() -> float:
         model.eval()
-        v = T.evaluate_loss(model, T.eval_batches(val_examples, args.device_batch_size, args.max_seq_len, rank, world_size),
+        v = T.evaluate_loss(loss_model, T.eval_batches(val_examples, args.device_batch_size, args.max_seq_len, rank, world_size),
                             device, autocast_ctx)
         model.train()
         return v
