@@ -22,10 +22,11 @@ def tokenize(text: str) -> list[str]:
     return WORD_RE.findall(text.lower())
 
 
-def _tf_matrix(texts: list[str], vocab: dict[str, int], grow: bool) -> sp.csr_matrix:
+def _tf_matrix(texts: list[str], vocab: dict[str, int], grow: bool, show_progress: bool = False) -> sp.csr_matrix:
     """Raw term counts (len(texts), len(vocab)); unknown words are added when `grow`, else skipped."""
+    from tqdm import tqdm
     indptr, indices, data = [0], [], []
-    for text in texts:
+    for text in tqdm(texts, desc="tf-idf index", unit="chunk", disable=not show_progress):
         counts: dict[int, int] = {}
         for w in tokenize(text):
             j = vocab.get(w)
@@ -77,7 +78,7 @@ class SimpleRetriever(Retriever):
         from nanochat.retrieval.kb import atomic_dir, passage_texts
         texts = passage_texts(chunks)
         vocab: dict[str, int] = {}
-        tf = _tf_matrix(texts, vocab, grow=True)
+        tf = _tf_matrix(texts, vocab, grow=True, show_progress=len(texts) >= 1000)
         df = np.bincount(tf.indices, minlength=len(vocab)).astype(np.float32)
         idf = (np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0).astype(np.float32)
         m = _weight(tf, idf)
