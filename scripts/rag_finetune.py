@@ -59,6 +59,7 @@ def main(argv=None):
     parser.add_argument("--eval_every", type=int, default=100, help="validation loss every N steps (-1 = only at the end)")
     parser.add_argument("--eval_examples", type=int, default=256, help="validation examples per val-loss measurement (-1 = all)")
     parser.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1 = only at the end)")
+    parser.add_argument("--stop_at_step", type=int, default=-1, help="stop after saving this step, as if killed (time-sliced jobs, resume tests; -1 = off)")
     parser.add_bool("--resume", default=False, help="continue from the last checkpoint of the output tag")
     parser.add_argument("--run", default="dummy", help="wandb run name (wandb used only when WANDB_RUN is set)")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
@@ -189,8 +190,14 @@ def main(argv=None):
         metrics["train_loss"] = train_loss
         log.log(step=done, loss=round(train_loss, 6), val_loss=val_loss, lr=lr_now, tokens_per_s=round(tput.rate()),
                 elapsed_s=round(time.time() - t0, 2))
-        if done == num_steps or (args.save_every > 0 and done % args.save_every == 0):
+        if done == num_steps or (args.save_every > 0 and done % args.save_every == 0) or done == args.stop_at_step:
             save(done, dict(metrics))
+        if done == args.stop_at_step and done < num_steps:
+            print0(f"--stop_at_step {done}: stopping without the done marker; continue with --resume")
+            bar.close()
+            log.finish()
+            compute_cleanup()
+            return ckpt_dir
     bar.close()
 
     # -----------------------------------------------------------------------------
