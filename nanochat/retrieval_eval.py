@@ -94,9 +94,12 @@ def compute_metrics(qrels: dict, run: dict, metrics=DEFAULT_METRICS, scorer: str
 # -----------------------------------------------------------------------------
 # KB from a BEIR corpus
 
-def build_or_load_kb(docs: list[dict], kb_dir, retriever_type: str, model: str = "all-MiniLM-L6-v2",
+def build_or_load_kb(docs: list[dict], kb_dir, retriever_type: str | list[str], model: str = "all-MiniLM-L6-v2",
                      precision: str = "auto", embeddings_path=None, retriever_settings: dict | None = None):
-    """Reuse the KB at kb_dir when it holds these exact passages and the index; else (re)build it."""
+    """Reuse the KB at kb_dir when it holds these exact passages and the index(es); else (re)build it.
+
+    Returns (kb, reused). Indexes already in kb_dir for the same passages are kept.
+    """
     import tempfile
     from nanochat.beir import corpus_to_chunks
     from nanochat.chunking import chunks_to_frame

@@ -15,7 +15,7 @@ import numpy as np
 from nanochat.common import atomic_path, atomic_write_json
 from nanochat.retrieval.base import Retriever
 
-ADD_BLOCK = 65_536  # rows copied into FAISS at a time: a memmapped matrix is never fully materialised twice
+ADD_BLOCK = 16_384  # rows copied into FAISS at a time: a memmapped matrix is never fully materialised twice
 
 
 def _faiss():
