@@ -189,6 +189,10 @@ def test_build_from_stage_outputs(tmp_path, fake_dense):
                                           embedder_info={"model": "fake-model", "precision": "fp32"}, show_progress=False)
     assert fake_encode.calls == 1 and np.array_equal(kb.embeddings, emb)
     assert RetrievalManager("dense", tmp_path / "kb").retrieve("moon", top_k=1)[0].id == "tides#0"
+    (tmp_path / "embeddings.json").write_text(json.dumps({"model": "fake-model", "precision": "bf16", "library": "x"}))
+    kb = build_knowledge_base_from_chunks(tmp_path / "chunks.parquet", tmp_path / "kb5", ["dense"],
+                                          embeddings_path=tmp_path / "embeddings.npy", show_progress=False)
+    assert kb.manifest["embedding"]["precision"] == "bf16"                # read from the embed stage's sidecar
     np.save(tmp_path / "bad.npy", emb[:2])
     with pytest.raises(ValueError, match=r"shape \(2, 4\), expected \(3, dim\)"):
         build_knowledge_base_from_chunks(tmp_path / "chunks.parquet", tmp_path / "kb4", ["dense"], embeddings_path=tmp_path / "bad.npy")

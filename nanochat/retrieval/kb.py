@@ -336,10 +336,13 @@ def build_knowledge_base_from_chunks(chunks_path, output_dir, retriever_types=("
                                      show_progress: bool = True) -> KnowledgeBase:
     """The Snakemake path: chunks.parquet (+ embeddings.npy from the embed stage) -> KB.
 
-    embedder_info: dict or path to a JSON file describing the embeddings (model, precision, ...).
+    embedder_info: dict or path to a JSON file describing the embeddings (model, precision, ...);
+    default: the sidecar `<embeddings stem>.json` when present.
     """
     from nanochat.chunking import read_chunks
     chunks = read_chunks(chunks_path)
+    if embedder_info is None and embeddings_path is not None and Path(embeddings_path).with_suffix(".json").is_file():
+        embedder_info = Path(embeddings_path).with_suffix(".json")  # the embed stage's sidecar (embeddings.json)
     if isinstance(embedder_info, (str, os.PathLike)):
         embedder_info = json.loads(Path(embedder_info).read_text(encoding="utf-8"))
     if embedder_info and embedder_info.get("model"):
