@@ -227,7 +227,8 @@ def ssd_chunked(x, dt, A, B, C, chunk_size):
 
     x: (B, L, H, P); dt: (B, L, H) softplus'ed; A: (H,) negative; B, C: (B, L, G, N).
     Returns y (B, L, H, P) without the D skip, and the final state (B, H, P, N).
-    Heads are split as H = G * R (R heads share one B/C group) so B and C are never copied per head.
+    Works head-major (B, G, R, C, T, .) with H = G * R, so every product is a batched matmul on views and
+    B / C are shared by the R heads of their group without copies.
     """
     Bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
@@ -239,32 +240,30 @@ def ssd_chunked(x, dt, A, B, C, chunk_size):
     Ad = dt * A  # (B, L, H), log-decay per step, <= 0
     if pad:  # zero input and zero log-decay at the end: outputs and the final state are unchanged
         X, Ad, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (X, Ad, B, C))
-    X = X.reshape(Bsz, nC, T, G, R, P)  # (B, C, T, G, R, P)
-    B = B.reshape(Bsz, nC, T, G, N)  # (B, C, T, G, N)
-    C = C.reshape(Bsz, nC, T, G, N)
+    X = X.reshape(Bsz, nC, T, G, R, P).permute(0, 3, 4, 1, 2, 5).contiguous()  # (B, G, R, C, T, P)
+    B = B.reshape(Bsz, nC, T, G, 1, N).permute(0, 3, 4, 1, 2, 5)  # (B, G, 1, C, T, N)
+    C = C.reshape(Bsz, nC, T, G, 1, N).permute(0, 3, 4, 1, 2, 5)
     Ad = Ad.reshape(Bsz, nC, T, G, R).permute(0, 3, 4, 1, 2)  # (B, G, R, C, T)
     A_cs = torch.cumsum(Ad, dim=-1)  # (B, G, R, C, T)
 
     # 1) intra-chunk (diagonal blocks): causal "attention" C_l . B_s weighted by the decay from s to l
-    CB = torch.einsum("bclgn,bcsgn->bgcls", C, B)  # (B, G, C, T, T)
-    M = CB.unsqueeze(2) * torch.exp(segsum(Ad))  # (B, G, R, C, T, T)
-    Y = torch.einsum("bgrcls,bcsgrp->bclgrp", M, X)  # (B, C, T, G, R, P)
+    M = (C @ B.transpose(-1, -2)) * torch.exp(segsum(Ad))  # (B, G, R, C, T, T)
+    Y = M @ X  # (B, G, R, C, T, P)
 
     # 2) state at the end of each chunk from that chunk's inputs alone
     decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (B, G, R, C, T), <= 1
-    Xd = X * decay_to_end.permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (B, C, T, G, R, P)
-    states = torch.einsum("bclgn,bclgrp->bcgrpn", B, Xd)  # (B, C, G, R, P, N)
+    states = (X * decay_to_end.unsqueeze(-1)).transpose(-1, -2) @ B  # (B, G, R, C, P, N)
 
     # 3) pass states between chunks: state entering chunk z = sum_{c<z} decay(c -> z) * states_c
-    states = torch.cat([torch.zeros_like(states[:, :1]), states], dim=1)  # (B, C+1, G, R, P, N)
+    states = torch.cat([torch.zeros_like(states[:, :, :, :1]), states], dim=3)  # (B, G, R, C+1, P, N)
     decay_chunk = torch.exp(segsum(F.pad(A_cs[..., -1], (1, 0))))  # (B, G, R, C+1, C+1)
-    states = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunk, states)  # (B, C+1, G, R, P, N)
-    prev_states, final_state = states[:, :-1], states[:, -1]
+    states = (decay_chunk @ states.flatten(-2)).unflatten(-1, (P, N))  # (B, G, R, C+1, P, N)
+    prev_states, final_state = states[:, :, :, :-1], states[:, :, :, -1]
 
     # 4) contribution of the incoming state to every position of the chunk
-    Y_off = torch.einsum("bclgn,bcgrpn->bclgrp", C, prev_states)  # (B, C, T, G, R, P)
-    Y = Y + Y_off * torch.exp(A_cs).permute(0, 3, 4, 1, 2).unsqueeze(-1)
-    return Y.reshape(Bsz, nC * T, H, P)[:, :L], final_state.reshape(Bsz, H, P, N)
+    Y = Y + (C @ prev_states.transpose(-1, -2)) * torch.exp(A_cs).unsqueeze(-1)  # (B, G, R, C, T, P)
+    Y = Y.permute(0, 3, 4, 1, 2, 5).reshape(Bsz, nC * T, H, P)[:, :L]
+    return Y, final_state.reshape(Bsz, H, P, N)
 
 
 def ssd_ref(x, dt, A, B, C):
