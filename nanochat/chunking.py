@@ -52,8 +52,8 @@ def chunk_spans(text: str, chunk_tokens: int = 256, overlap: int = 32) -> list[t
         raise ValueError(f"overlap must be in [0, chunk_tokens={chunk_tokens}), got {overlap}")
     spans = [m.span() for m in TOKEN_RE.finditer(text)]
     n = len(spans)
-    if n <= chunk_tokens:
-        return [(0, len(text))]
+    if n <= chunk_tokens:  # short document: one chunk, the whole text minus surrounding whitespace
+        return [(spans[0][0], spans[-1][1])] if spans else [(0, len(text))]
     bounds = _sentence_starts(text, spans) + [n]  # sorted token indices where a chunk may end/start
     out, a = [], 0
     while True:
@@ -82,7 +82,7 @@ def chunk_documents(docs: list[dict], chunk_tokens: int = 256, overlap: int = 32
             piece = text[s:e]
             rows.append({
                 "id": f"{doc['id']}#{k}", "doc_id": doc["id"], "chunk_index": k,
-                "title": doc.get("title") or doc["id"], "content": piece.strip() if k == 0 and s == 0 and e == len(text) else piece,
+                "title": doc.get("title") or doc["id"], "content": piece,
                 "source": doc.get("source"), "metadata": dict(doc.get("metadata") or {}),
                 "n_tokens": count_tokens(piece), "char_start": s, "char_end": e,
             })

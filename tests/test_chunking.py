@@ -62,6 +62,7 @@ def test_short_document_stays_whole_and_ids_are_stable():
             {"id": "b", "title": "B", "content": make_text(50), "source": None, "metadata": {}}]
     rows = chunk_documents(docs, chunk_tokens=32, overlap=4)
     assert rows[0]["id"] == "a#0" and rows[0]["content"] == "Short text." and rows[0]["metadata"] == {"k": 1}
+    assert (rows[0]["char_start"], rows[0]["char_end"]) == (2, 13)
     b = [r for r in rows if r["doc_id"] == "b"]
     assert [r["id"] for r in b] == [f"b#{k}" for k in range(len(b))] and len(b) > 3
     assert all(r["title"] == "B" and r["chunk_index"] == k for k, r in enumerate(b))
