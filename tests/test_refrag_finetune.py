@@ -79,3 +79,57 @@ def test_cli_rejects_zero_temperature(world, capsys):
     from scripts.refrag_finetune import main
     with pytest.raises(SystemExit, match="temperature"):
         main(["--knowledge_base", str(world["data"] / "kb"), "--temperature", "0", "--device", "cpu"])
+
+
+def test_policy_gradient_only_on_sampled_tokens_and_group_advantages():
+    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.refrag import group_advantages, policy_gradient_batch, policy_gradient_loss
+    adv = group_advantages([1.0, 0.0, 0.5])
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0.0])) and group_advantages([0.3, 0.3]).abs().sum() == 0
+    prompt, samples = [1, 2, 3, 4], [[7, 8, 9], [7]]
+    x, y = policy_gradient_batch(prompt, samples, pad_id=0)
+    assert x.shape == y.shape == (2, 6)
+    assert y[0].tolist() == [-1, -1, -1, 7, 8, 9] and y[1].tolist() == [-1, -1, -1, 7, -1, -1]
+    assert x[0].tolist() == [1, 2, 3, 4, 7, 8]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=16, vocab_size=16, n_layer=1, n_head=1, n_kv_head=1, n_embd=8, block_pattern="T"))
+    model.init_weights()
+    loss = policy_gradient_loss(model, x, y, torch.tensor([1.0, -1.0]))
+    loss.backward()
+    assert torch.isfinite(loss) and model.lm_head.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    policy_gradient_loss(model, x, y, torch.zeros(2)).backward()  # zero advantage: no update
+    assert model.lm_head.weight.grad.abs().sum() == 0
+
+
+def test_heldout_comparison_hop_recall_and_plot(tmp_path):
+    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.raft import ChunkStore
+    from nanochat.refrag import append_csv, compare_conditions, plot_reward_curve, prompt_items
+    from nanochat.tokenizer import Tokenizer
+    chunks = pd.DataFrame([{"id": f"d{i}#0", "doc_id": f"d{i}", "title": f"T{i}", "content": f"fact number {i} is here"}
+                           for i in range(4)])
+    table = pd.DataFrame([
+        {"split": "test", "query_id": "q1", "hop": 1, "hop_query": "q one", "rank": 1, "chunk_id": "d0#0", "doc_id": "d0", "score": 2.0},
+        {"split": "test", "query_id": "q1", "hop": 2, "hop_query": "q one T0", "rank": 1, "chunk_id": "d1#0", "doc_id": "d1", "score": 1.0},
+        {"split": "test", "query_id": "q2", "hop": 1, "hop_query": "q two", "rank": 1, "chunk_id": "d2#0", "doc_id": "d2", "score": 1.0}])
+    queries = [{"id": "q1", "question": "q one", "answers": ["fact"], "doc_ids": ["d0", "d1"], "hops": 2},
+               {"id": "q2", "question": "q two", "answers": ["here"], "doc_ids": ["d2", "d3"], "hops": 2}]
+    items = prompt_items(queries, table, ChunkStore(chunks), "test", None, single_table=table, top_k_single=2)
+    assert [len(i["single_documents"]) for i in items] == [1, 1] and items[0]["hop_doc_ids"] == [["d0"], ["d1"]]
+    tok = Tokenizer.train_from_iterator(["fact number is here q one two"] * 5, vocab_size=300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=512, vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_kv_head=2,
+                          n_embd=16, block_pattern="T,M", mamba_version=1))
+    model.init_weights()
+    model.eval()
+    metrics, rows = compare_conditions({"refrag": (model, tok, "refrag"), "rag": (model, tok, "rag"),
+                                        "no_retrieval": (model, tok, "no_retrieval")}, items, max_tokens=4, max_hops=2)
+    assert set(metrics) == {"refrag", "rag", "no_retrieval"} and len(rows) == 6
+    hr = metrics["refrag"]["hop_recall"]
+    assert hr["recall_hop1"] == pytest.approx(0.5) and hr["recall_hop2"] == pytest.approx(0.75)
+    assert hr["all_gold_hop1"] == 0.0 and hr["all_gold_hop2"] == 0.5  # q1 needs both hops, q2 never complete
+    assert set(metrics["rag"]["em_by_hops"]) == {"2"}
+    for step, phase, reward, em in [(1, "warmup", None, 0.1), (2, "reward", 0.2, None), (3, "reward", 0.4, 0.3)]:
+        append_csv(tmp_path / "r.csv", {"step": step, "phase": phase, "reward": reward, "heldout_em": em})
+    assert plot_reward_curve(tmp_path / "r.csv", tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
