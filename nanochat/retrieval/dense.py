@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,11 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", nlist: int | None = 
         index.hnsw.efConstruction = ef_construction
     else:
         raise ValueError(f"dense index kind must be flat, ivf or hnsw, got {kind!r}")
+    mapped = getattr(embeddings, "_mmap", None)  # np.memmap / np.load(mmap_mode=...)
     for start in range(0, n, ADD_BLOCK):
         index.add(_normalised_block(embeddings[start:start + ADD_BLOCK]))
+        if mapped is not None:  # drop the pages we just read from our RSS (they stay in the page cache)
+            mapped.madvise(mmap.MADV_DONTNEED)
     return index
 
 
