@@ -13,8 +13,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 logger = logging.getLogger("nanochat")
 
 
@@ -47,6 +45,10 @@ def atomic_path(final_path: str | os.PathLike):
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp makes 0600 files; give the result the usual umask-based mode
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final_path)
     finally:
         if tmp_path.exists():
@@ -94,8 +96,9 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
+def resolve_device(device=None):
     """'auto'/None picks cuda when present; an explicit 'cuda' without a GPU is a clear error."""
+    import torch
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -112,6 +115,7 @@ def compute_init(device: str | None = None):
 
     Returns (ddp, rank, local_rank, world_size, device).
     """
+    import torch
     ddp, rank, local_rank, world_size = get_dist_info()
     dev = resolve_device(device)
     if dev.type == "cuda" and ddp:
@@ -125,5 +129,6 @@ def compute_init(device: str | None = None):
 
 
 def compute_cleanup() -> None:
+    import torch
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
