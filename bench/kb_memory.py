@@ -26,8 +26,28 @@ DIM = 384
 BLOCK = 16_384
 
 
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS since the last reset_peak() (VmHWM; falls back to ru_maxrss)."""
+    try:
+        return _status_mb("VmHWM")
+    except (OSError, RuntimeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> float:
+    """Reset the peak to the current RSS (Linux >= 4.0: write 5 to clear_refs); returns current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _status_mb("VmRSS")
 
 
 def synth_chunks(n: int):
@@ -75,7 +95,7 @@ def child(args) -> dict:
     import faiss  # noqa: F401  (library code counts as baseline, not as build memory)
     import nanochat.retrieval.kb  # noqa: F401
     chunks = pd.read_parquet(work / "chunks.parquet")
-    r_chunks = rss_mb()
+    r_chunks = reset_peak()  # transient Parquet buffers are not build memory
     t0 = time.perf_counter()
     if args.path == "direct":
         emb = np.load(work / "embeddings.npy", mmap_mode="r", allow_pickle=False)

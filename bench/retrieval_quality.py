@@ -32,6 +32,7 @@ def main(argv=None):
     p.add_argument("--embeddings", default=None, help="precomputed corpus embeddings .npy (corpus order) to skip encoding")
     p.add_argument("--scorer", default="numpy", choices=["numpy", "ranx"], help="metric implementation (tested equal)")
     p.add_argument("--weights", default="0.3,0.35,0.4,0.45,0.5,0.55,0.6,0.7", help="dense weights swept for interpolation")
+    p.add_argument("--types", default="simple,bm25,dense,hybrid", help="subset to run (hybrid needs dense and bm25)")
     p.add_argument("--output", default=None, help="write all figures as JSON here")
     args = p.parse_args(argv)
 
@@ -39,15 +40,19 @@ def main(argv=None):
     docs = load_corpus(next(f for f in (data / "corpus.jsonl", data / "corpus.jsonl.gz") if f.is_file()))
     queries, qrels = load_queries(data / "queries.jsonl"), load_qrels(data / "qrels" / f"{args.split}.tsv")
     t0 = time.perf_counter()
-    kb, reused = build_or_load_kb(docs, Path(args.work_dir) / "kb", ["simple", "bm25", "dense", "hybrid"],
-                                  embeddings_path=args.embeddings)
+    types = args.types.split(",")
+    kb, reused = build_or_load_kb(docs, Path(args.work_dir) / "kb", types, embeddings_path=args.embeddings)
     print(f"KB {'reused' if reused else 'built'} in {time.perf_counter() - t0:.1f}s: {len(kb.chunks)} passages, kb_id {kb.kb_id[:12]}")
 
     rows = {}
-    for t in ("simple", "bm25", "dense"):
+    for t in [t for t in ("simple", "bm25", "dense") if t in types]:
         rows[t] = evaluate_retriever(kb, t, queries, qrels, top_k=100, scorer=args.scorer)
         rows[t].pop("_run")
 
+    if "hybrid" not in types:
+        for name, r in rows.items():
+            print(f"{name:<10}" + "".join(f" {m}={r[m]:.4f}" for m in DEFAULT_METRICS) + f"  q/s={r['queries_per_second']}")
+        return rows
     # hybrid: one dense + one bm25 candidate list per query, fused many ways
     qids = [q for q in qrels if q in queries]
     texts = [queries[q] for q in qids]
