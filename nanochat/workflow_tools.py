@@ -84,7 +84,8 @@ def finetune_args(config: dict, run_name: str) -> str:
             "--max_doc_length", t["max_doc_length"], "--p_gold", t["p_gold"], "--seed", t["seed"]]
     if run["mode"] == "refrag":
         args += ["--max_hops", run["max_hops"], "--top_k_per_hop", run["top_k"],
-                 "--use_rewards", str(run["use_rewards"]).lower()]
+                 "--use_rewards", str(run["use_rewards"]).lower(), "--rl_steps", t["rl_steps"],
+                 "--num_samples", t["num_samples"]]
     return " ".join(shlex.quote(str(a)) for a in args)
 
 

@@ -53,6 +53,8 @@ rule refrag_finetune:
         kb=run_kb,
         dataset="results/runs/{run}/dataset/manifest.json",
         retrieval="results/runs/{run}/retrieval.parquet",
+        train=run_query("train"),
+        val=run_query("val"),
         base_model=run_base_model,
         code=code("scripts.refrag_finetune", "nanochat.training", "nanochat.gpt", "nanochat.mamba",
                   "nanochat.blocks", "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
@@ -82,4 +84,5 @@ rule refrag_finetune:
         " --inputs {input.kb:q} {input.dataset:q} {input.retrieval:q} {input.base_model:q} --settings {params.flags:q}"
         " > {log:q} 2>&1"
         " && {params.launcher} -m scripts.refrag_finetune --knowledge_base {params.kb_dir:q}"
-        " --dataset {params.dataset_dir:q} --retrieval {input.retrieval:q} {params.flags} --resume true >> {log:q} 2>&1"
+        " --dataset {params.dataset_dir:q} --retrieval {input.retrieval:q} --queries_train {input.train:q}"
+        " --queries_val {input.val:q} {params.flags} --resume true >> {log:q} 2>&1"

@@ -55,7 +55,7 @@ def test_dvc_repro_push_pull_round_trip(tmp_path):
     run(work, "dvc", "push")
     shutil.rmtree(work / "results")
     shutil.rmtree(work / ".dvc" / "cache")
-    run(work, "dvc", "pull", "knowledge_base")
+    run(work, "dvc", "pull", "documents", "knowledge_base")
     assert digest(outs) == before
     # Restored files get fresh mtimes; --touch makes Snakemake accept them without re-running anything.
     tiny = ("--configfile", TINY, "--replace-workflow-config", "results/kb/tiny/bm25/manifest.json")

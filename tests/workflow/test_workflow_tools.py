@@ -58,10 +58,10 @@ def test_finetune_args_and_hops():
         "knowledge_base": "kb", "model": "tiny", "mode": "refrag", "retriever_type": "bm25", "top_k": 2,
         "max_hops": 3, "use_rewards": False,
         "train": {"num_epochs": 1, "max_steps": 5, "device_batch_size": 2, "max_seq_len": 64,
-                  "max_doc_length": 50, "p_gold": 0.5, "seed": 1}}}}
+                  "max_doc_length": 50, "p_gold": 0.5, "seed": 1, "rl_steps": 3, "num_samples": 2}}}}
     args = wt.finetune_args(config, "r")
     assert "--model_tag kb.tiny --output_tag r --base_dir ck" in args
-    assert args.endswith("--max_hops 3 --top_k_per_hop 2 --use_rewards false")
+    assert args.endswith("--max_hops 3 --top_k_per_hop 2 --use_rewards false --rl_steps 3 --num_samples 2")
     assert wt.hop_args(config["runs"]["r"]) == "--max_hops 3 --top_k_per_hop 2"
     assert wt.hop_args({"mode": "rag"}) == "--max_hops 1"
     assert wt.finetune_done_path(config, "r") == "ck/refrag_checkpoints/r/done.json"
