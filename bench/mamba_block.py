@@ -76,7 +76,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8, help="batch size")
     parser.add_argument("--d_model", type=int, default=256, help="model width")
     parser.add_argument("--seqlens", type=str, default="256,1024", help="comma-separated sequence lengths")
-    parser.add_argument("--d_state2", type=int, default=64, help="Mamba-2 d_state")
+    parser.add_argument("--d_state2", type=int, default=16, help="Mamba-2 d_state (GPTConfig.mamba_d_state default)")
     parser.add_argument("--headdim", type=int, default=64, help="Mamba-2 headdim")
     parser.add_argument("--chunk_size", type=int, default=64, help="Mamba-2 SSD chunk length")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per block, best one kept (sequential: 1)")

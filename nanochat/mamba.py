@@ -587,17 +587,22 @@ def _load_mamba_ssm(version):
 
 
 def create_mamba_mixer(d_model, version, layer_idx, device=None, dtype=None, **kw):
-    """Mamba mixer for `version` 1 or 2: mamba-ssm's on CUDA when importable (and not overridden), else ours."""
+    """Mamba mixer for `version` 1 or 2: mamba-ssm's on CUDA when importable (and not overridden), else ours.
+
+    "On CUDA" means device is a cuda device, or device is None / "meta" on a host with a GPU (models are often
+    built first and moved later); pass device="cpu" to get ours on a GPU host.
+    """
     global _WARNED
     if version not in (1, 2):
         raise ValueError(f"mamba version must be 1 or 2, got {version!r}")
-    on_cuda = torch.device(device).type == "cuda" if device is not None else False
+    kind = torch.device(device).type if device is not None else None
+    on_cuda = kind == "cuda" or (kind in (None, "meta") and torch.cuda.is_available())  # built now, moved later
     want_cuda = _IMPL == "cuda" or (_IMPL == "auto" and on_cuda)
     if want_cuda:
         try:
             cls = _load_mamba_ssm(version)
             return cls(d_model, layer_idx=layer_idx, device=device, dtype=dtype, **kw)
-        except ImportError as e:
+        except (ImportError, OSError) as e:  # not installed, or built against another CUDA/torch
             if _IMPL == "cuda":
                 raise RuntimeError(f"set_mamba_impl('cuda') needs mamba-ssm ({e}); install it on a CUDA machine with "
                                    "`pip install mamba-ssm causal-conv1d --no-build-isolation`") from e
