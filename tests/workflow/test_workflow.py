@@ -11,7 +11,8 @@ import pytest
 from conftest import ROOT, TINY, copy_workflow, dry_run, snakemake
 
 FULL_RAG = {"validate_documents", "chunk_documents", "build_index", "train_tokenizer", "base_train",
-            "precompute_retrieval", "check_leakage", "build_dataset", "rag_finetune", "evaluate_run", "report"}
+            "precompute_retrieval", "check_leakage", "build_dataset", "rag_finetune", "refrag_finetune",
+            "evaluate_run", "report"}
 
 
 def jobs_of(configfile):
@@ -64,10 +65,13 @@ def test_end_to_end_then_nothing_to_do_then_targeted_reruns(tiny_run):
 
     tiny = ("--configfile", TINY, "--replace-workflow-config")
     assert dry_run(work, *tiny) == {}, "a second run must have nothing to do"
+    snakemake(work, "--report", "report.html", *tiny)
+    html = (work / "report.html").read_text(errors="replace")
+    assert "metrics.csv" in html and "metrics.png" in html
 
-    # A retriever setting: base model and tokenizer are reused.
+    # A retriever setting: base model, tokenizer, KB and precomputed retrieval are reused.
     changed = work / "tests/workflow/config_topk.yaml"
-    changed.write_text((work / TINY).read_text().replace("top_k: 2", "top_k: 1"))
+    changed.write_text((work / TINY).read_text().replace("top_k: 2", "top_k: 1", 1))  # the rag run
     jobs = dry_run(work, "--configfile", changed, "--replace-workflow-config")
     assert set(jobs) == {"build_dataset", "rag_finetune", "evaluate_run", "report", "all"}, jobs
 
