@@ -56,19 +56,22 @@ RUN = {"q1": {"x": 4.0, "a": 3.0, "y": 2.0, "b": 1.0}, "q2": {}}
 EXPECTED = {"ndcg@10": 0.65092 / 2, "recall@10": 0.5, "recall@2": 0.25, "mrr@10": 0.25}
 
 
-@pytest.mark.parametrize("scorer", ["numpy", "ranx"])
-def test_metrics_hand_checked(scorer):
-    got = compute_metrics(QRELS, RUN, list(EXPECTED), scorer=scorer)
+def test_metrics_hand_checked_numpy():
+    got = compute_metrics(QRELS, RUN, list(EXPECTED), scorer="numpy")
     for m, v in EXPECTED.items():
         assert got[m] == pytest.approx(v, abs=1e-4), (m, got)
 
 
-def test_ranx_and_numpy_agree_on_random_runs():
+@pytest.mark.slow  # ranx JIT-compiles its metrics with numba on first use (minutes on a busy 2-core box)
+def test_ranx_hand_checked_and_agrees_with_numpy():
+    got = compute_metrics(QRELS, RUN, list(EXPECTED), scorer="ranx")
+    for m, v in EXPECTED.items():
+        assert got[m] == pytest.approx(v, abs=1e-4), (m, got)
     rng = np.random.default_rng(0)
     docs = [f"d{i}" for i in range(40)]
     qrels = {f"q{i}": {d: int(rng.integers(1, 3)) for d in rng.choice(docs, size=rng.integers(1, 4), replace=False)} for i in range(25)}
     run = {q: {d: float(s) for d, s in zip(rng.permutation(docs)[:15], range(15, 0, -1))} for q in qrels}
-    metrics = ["ndcg@10", "recall@10", "recall@5", "mrr@10"]
+    metrics = list(EXPECTED)  # same metric functions as above: no second compile
     a, b = compute_metrics(qrels, run, metrics, "ranx"), compute_metrics(qrels, run, metrics, "numpy")
     for m in metrics:
         assert a[m] == pytest.approx(b[m], abs=1e-9), m

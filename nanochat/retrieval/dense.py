@@ -54,6 +54,10 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", nlist: int | None = 
     n, d = embeddings.shape
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
+        # reserve the code buffer once (grow then shrink keeps std::vector capacity): block-wise adds
+        # would otherwise reallocate, briefly holding old + new buffers (~2x the matrix at peak)
+        index.codes.resize(n * index.code_size)
+        index.codes.resize(0)
     elif kind == "ivf":
         nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
         quantizer = faiss.IndexFlatIP(d)
