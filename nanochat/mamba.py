@@ -10,20 +10,21 @@ Mirrors (state-spaces/mamba): `Mamba` <- mamba_ssm/modules/mamba_simple.py, `Mam
 `RMSNormGated` <- mamba_ssm/ops/triton/layernorm_gated.py (rms_norm_ref), `ssd_chunked` <- ssd_minimal_discrete.
 
 The CPU scans are chunked, not a Python loop over time:
-- Mamba-1: `linear_scan` runs h_t = a_t * h_{t-1} + b_t as a two-level scan (a loop of ~sqrt(L) steps inside
-  chunks, vectorised over all chunks, then ~sqrt(L) carry steps between chunks); its backward is the same scan
-  run in reverse (custom autograd Function), so no per-timestep autograd graph is built.
+- Mamba-1: h_t = a_t * h_{t-1} + b_t runs as a two-level scan (a loop of ~sqrt(L) steps inside chunks,
+  vectorised over all chunks, then ~sqrt(L) carry steps between chunks); `selective_scan` wraps it in a custom
+  autograd Function whose backward is the same scan run in reverse, so no per-timestep graph is built.
 - Mamba-2: the SSD chunked formulation (intra-chunk quadratic form + inter-chunk state passing).
 The plain sequential recurrences (`selective_scan_ref`, `ssd_ref`) are kept as the test reference.
 
-CPU default: DEFAULT_MAMBA_VERSION = 2, picked with bench/mamba_block.py (batch 8, d_model 256): at seqlen 1024 the
-SSD-chunked Mamba-2 block is the only variant that reaches >= 0.5x the tokens/s of an SDPA attention block of the
-same width; Mamba-1 has to materialise a (B, L, ED, N) state and is several times slower on CPU.
+CPU default: DEFAULT_MAMBA_VERSION = 2, picked with `python -m bench.mamba_block` (batch 8, d_model 256, fwd+bwd,
+shared 2-core machine, tokens/s at seqlen 1024): Mamba-2 SSD 2.9K vs attention 6.2K (0.46x) with 2 threads, 6.8K vs
+7.7K (0.88x) with 1 thread; Mamba-1 chunked 0.9K-1.0K (0.13-0.15x), because it must materialise a (B, L, ED, N)
+state and is memory-bound (it beats the sequential reference ~3.7x with 2 threads, ties it with 1).
 
 Shape glossary:
     B  batch size                    L  sequence length
     D  d_model                       ED d_inner = expand * d_model
-    N  d_state                       R  dt_rank (Mamba-1)
+    N  d_state                       R  dt_rank (Mamba-1); heads per B/C group, H // G (SSD)
     H  nheads = d_ssm // headdim     P  headdim (Mamba-2)
     G  ngroups (Mamba-2 B/C groups)  W  d_conv (conv kernel width)
     C  number of chunks              T  chunk length
