@@ -1,58 +1,7 @@
-"""Fixtures for workflow tests: a throw-away copy of the workflow and helpers to run Snakemake in it."""
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
+"""Fixtures for workflow tests (helpers live in wfhelpers.py)."""
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-COPY = ["Snakefile", "rules", "workflow", "config", "envs", "profiles", "nanochat", "scripts", "configs", "dvc.yaml",
-        "tests/workflow"]
-TINY = "tests/workflow/config_tiny.yaml"
-
-
-def copy_workflow(dest: Path) -> Path:
-    """The workflow and library without results/, .snakemake/ or git metadata."""
-    dest.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "results", ".snakemake", "logs", "benchmarks")
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=ignore)
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    return dest
-
-
-def snakemake(cwd, *args, check=True, timeout=900):
-    """Run the snakemake CLI in cwd; return the CompletedProcess (stdout+stderr merged)."""
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *map(str, args)], cwd=cwd, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
-    return proc
-
-
-def planned_jobs(output: str) -> dict:
-    """{rule: count} from a dry run's 'Job stats' table (empty when there is nothing to do)."""
-    stats = output.split("Job stats:")
-    if len(stats) < 2:
-        return {}
-    jobs = {}
-    for line in stats[1].splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        if m.group(1) != "total":
-            jobs[m.group(1)] = int(m.group(2))
-    return jobs
-
-
-def dry_run(cwd, *args) -> dict:
-    return planned_jobs(snakemake(cwd, "-n", "--quiet", "rules", *args).stdout)
+from wfhelpers import TINY, copy_workflow, snakemake
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, copy_workflow, dry_run, snakemake
+from wfhelpers import ROOT, TINY, copy_workflow, dry_run, snakemake
 
 
 def run(cwd, *cmd, timeout=600):

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, copy_workflow, snakemake
+from wfhelpers import ROOT, TINY, copy_workflow, snakemake
 
 STATE = os.environ.get("SLURM_STATE_DIR", "/tmp/nanochat-slurm")
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, copy_workflow, dry_run, snakemake
+from wfhelpers import ROOT, TINY, copy_workflow, dry_run, snakemake
 
 FULL_RAG = {"validate_documents", "chunk_documents", "build_index", "train_tokenizer", "base_train",
             "precompute_retrieval", "check_leakage", "build_dataset", "rag_finetune", "refrag_finetune",
