@@ -103,6 +103,11 @@ def main(argv=None):
                                       args.max_seq_len, args.seed)
     train_examples += task_examples
     data_hash = sha256_file(dataset_dir / "manifest.json")
+    manifest = json.loads((dataset_dir / "manifest.json").read_text(encoding="utf-8"))
+    for key in ("top_k", "max_doc_length"):  # the shards decide what the model saw; eval and chat read these
+        if key in manifest and manifest[key] != getattr(args, key):
+            print0(f"note: --{key} {getattr(args, key)} differs from the dataset's {manifest[key]}; recording {manifest[key]}")
+            setattr(args, key, manifest[key])
     print0(f"data: {len(train_examples)} train ({len(task_examples)} from base tasks) / {len(val_examples)} val examples "
            f"from {dataset_dir}")
 
