@@ -3,8 +3,11 @@
     python -m pytest -q tests/workflow/test_workflow.py
 """
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -90,14 +93,17 @@ def test_interrupted_job_leaves_no_complete_output(tmp_path):
     """A job killed midway leaves no declared output (atomic writes), and Snakemake marks nothing as done."""
     work = copy_workflow(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "results/synthetic/manifest.json",
-                             "--configfile", TINY, "--replace-workflow-config"], cwd=work,
+                             "--configfile", TINY, "--replace-workflow-config"], cwd=work, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import time
     deadline = time.time() + 120
     while time.time() < deadline and not (work / ".snakemake" / "incomplete").exists():
         time.sleep(0.2)
-    proc.terminate()
-    proc.wait(timeout=60)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: Snakemake stops the job and removes its partial outputs
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:  # then a hard kill of the group this test started (worst case: power loss)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
     manifest = work / "results/synthetic/manifest.json"
     if manifest.exists():  # the job won the race and finished: then it is complete and consistent
         assert json.loads(manifest.read_text())["n_documents"] > 0
