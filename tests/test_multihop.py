@@ -44,16 +44,21 @@ Q = "In which city was the founder of Acme Labs born?"
 def test_entities_are_bridge_names_not_in_question_or_title():
     passage = CHUNKS.loc[0, "content"]
     ents = MH.extract_entities(passage, known=f"{Q} Acme Labs")
-    assert ents == ["Vora Delm", "Quix"]  # "Acme Labs" known; sentence-initial "It" is not a name
-    assert MH.extract_entities("Paris is big. He met Tom Hardy in Rome.") == ["Tom Hardy", "Rome"]
+    assert ents == ["1990", "Vora Delm", "Quix"]  # "Acme Labs" known; sentence-initial "It" is not a name
+    assert MH.extract_entities("Paris is big. He met Tom Hardy in Rome.") == ["Paris", "Tom Hardy", "Rome"]
     assert MH.extract_entities("He met Tom and Tom again.", known="") == ["Tom"]  # deduplicated
+    # a sentence's first word is a name only if the passage never writes it in lower case
+    assert MH.extract_entities("Despite rain, Ana won. She won despite it.") == ["Ana"]
+    # initials do not end a sentence, and they stay one name with the surname
+    assert MH.extract_entities("He met C.J. Hunter and U.S. Army men in 1999! Then left.") == ["C.J. Hunter", "U.S. Army", "1999"]
+    assert MH.extract_entities("It was 1999 again.", known="1999") == []  # known years are dropped too
 
 
 def test_next_hop_query_per_strategy():
     docs = CHUNKS.iloc[:2].to_dict("records")
     assert MH.next_hop_query(Q, docs, "titles") == f"{Q} Acme Labs Vora Delm"
     assert MH.next_hop_query(Q, docs, "passage") == f"{Q} Acme Labs. {docs[0]['content']}"
-    assert MH.next_hop_query(Q, docs, "entities") == f"{Q} Vora Delm Quix"
+    assert MH.next_hop_query(Q, docs, "entities") == f"{Q} 1990 Vora Delm Quix"
     assert MH.next_hop_query(Q, docs, "append") == MH.next_hop_query(Q, docs, "entities")
     seen = []
     assert MH.next_hop_query(Q, docs, "model", query_fn=lambda q, d: seen.append(len(d)) or "founder birthplace") == "founder birthplace"
