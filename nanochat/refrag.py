@@ -115,33 +115,68 @@ def build_multihop_examples(queries: list[dict], table: pd.DataFrame, chunks, sp
     return examples, stats
 
 
-def _shorten(conv: dict, words: int) -> dict:
+def _shorten(conv: dict, words: int | None, query_words: int | None = None) -> dict:
+    """Documents cut to `words` words and, with query_words, hop queries to that many words (hop queries are
+    not documents, so the tokenizer never shortens them: long entity-expanded queries must be cut here)."""
     def doc(d):
-        return {**d, "content": truncate_words(d["content"], words)}
+        return {**d, "content": truncate_words(d["content"], words)} if words else d
     out = []
     for m in conv["messages"]:
         if m["role"] == "retrieval" and m.get("multi_hop"):
-            m = {**m, "hops": [{**h, "documents": [doc(d) for d in h["documents"]]} for h in m["hops"]]}
+            m = {**m, "hops": [{**h, "query": truncate_words(h["query"], query_words) if query_words else h["query"],
+                                "documents": [doc(d) for d in h["documents"]]} for h in m["hops"]]}
         elif m["role"] == "retrieval":
             m = {**m, "documents": [doc(d) for d in m["documents"]]}
         out.append(m)
     return {"messages": out}
 
 
+QUERY_WORD_STEPS = (None, 24, 8)  # hop-query lengths tried, longest first, when a prompt still overflows
+
+
 def encode_multihop(tokenizer, conversation: dict, cited: list[int], max_seq_len: int, max_doc_length: int | None):
-    """(ids, mask) within max_seq_len keeping every cited document whole (halving document words), or None."""
+    """(ids, mask) within max_seq_len keeping every cited document whole, or None (caller counts it).
+
+    Shortens in order: document words (halving), then hop queries (QUERY_WORD_STEPS); never raises on length."""
     docs = [d for m in conversation["messages"] if m["role"] == "retrieval" for d in message_documents(m)]
-    words = max_doc_length or max((len(d["content"].split()) for d in docs), default=None)
-    conv = conversation
-    while True:
-        ids, mask, info = tokenizer.render_conversation(conv, max_tokens=max_seq_len, on_overflow="report")
-        cut = set(info["dropped_docs"]) | {int(k) for k in info["shortened_docs"]}
-        if not info["cut_tokens"] and not (cut & set(cited)):
-            return ids, mask
-        if info["cut_tokens"] or words is None or words <= MIN_DOC_WORDS:
-            return None
-        words = max(MIN_DOC_WORDS, words // 2)
-        conv = _shorten(conversation, words)
+    longest = max((len(d["content"].split()) for d in docs), default=0)
+    words = min(max_doc_length or longest, longest) or None
+    for qw in QUERY_WORD_STEPS:
+        w = words
+        while True:
+            conv = _shorten(conversation, w, qw)
+            ids, mask, info = tokenizer.render_conversation(conv, max_tokens=max_seq_len, on_overflow="report")
+            cut = set(info["dropped_docs"]) | {int(k) for k in info["shortened_docs"]}
+            if not info["cut_tokens"] and not (cut & set(cited)):
+                return ids, mask
+            if info["cut_tokens"] or w is None or w <= MIN_DOC_WORDS:
+                break  # documents are not the problem (or cannot shrink further): shorter hop queries next
+            w = max(MIN_DOC_WORDS, w // 2)
+    return None
+
+
+def fit_prompt(tokenizer, item: dict, max_tokens: int):
+    """Prompt ids for an item's multi-hop conversation within max_tokens -> (ids, message) or None.
+
+    Documents give way first (the tokenizer drops/shortens them), then hop queries are shortened; an item
+    whose question alone does not fit returns None, to be skipped and counted by the caller."""
+    conv = multihop_conversation(item["question"], item["message"])
+    for qw in QUERY_WORD_STEPS:
+        c = _shorten(conv, None, qw)
+        ids, info = tokenizer.render_for_completion(c, max_tokens=max_tokens, on_overflow="report")
+        if not info["cut_tokens"]:
+            return ids, c["messages"][1]
+    return None
+
+
+def fit_items(tokenizer, items: list[dict], max_tokens: int) -> tuple[list[dict], int]:
+    """Items whose prompt fits max_tokens (hop queries shortened where needed) -> (kept items, number skipped)."""
+    kept = []
+    for it in items:
+        fit = fit_prompt(tokenizer, it, max_tokens)
+        if fit is not None:
+            kept.append({**it, "message": fit[1]})
+    return kept, len(items) - len(kept)
 
 
 def prompt_items(queries: list[dict], table: pd.DataFrame, chunks, split: str, max_doc_length: int | None = 300,
@@ -308,6 +343,25 @@ def append_csv(path, row: dict, fields=REWARD_FIELDS) -> None:
         if new:
             w.writeheader()
         w.writerow(row)
+
+
+def truncate_csv(path, last_step: int) -> None:
+    """Keep the rows with step <= last_step (a resumed run rewrites the rest); last_step 0 removes the file."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if last_step <= 0:
+        path.unlink()
+        return
+    from nanochat.common import atomic_path
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or REWARD_FIELDS, [r for r in reader if int(float(r["step"])) <= last_step]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
 
 
 def plot_reward_curve(csv_path, png_path) -> Path:

@@ -35,7 +35,7 @@ def world(tmp_path_factory):
     base = root / "base"
     save_checkpoint(base / "base_checkpoints" / "t2", 0, model.state_dict(), None,
                     {"model_config": dataclasses.asdict(cfg), "lr": 3e-3}, tokenizer=tok)
-    return {"root": root, "data": data, "base": base}
+    return {"root": root, "data": data, "base": base, "tok": tok}
 
 
 def _run(cmd, env_base, timeout=120):
@@ -133,3 +133,51 @@ def test_heldout_comparison_hop_recall_and_plot(tmp_path):
     for step, phase, reward, em in [(1, "warmup", None, 0.1), (2, "reward", 0.2, None), (3, "reward", 0.4, 0.3)]:
         append_csv(tmp_path / "r.csv", {"step": step, "phase": phase, "reward": reward, "heldout_em": em})
     assert plot_reward_curve(tmp_path / "r.csv", tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _args(world, tag, *extra):
+    return ["--knowledge_base", str(world["data"] / "kb"), "--source", "base", "--model_tag", "t2", "--output_tag", tag,
+            "--base_dir", str(world["base"]), "--retriever_type", "simple", "--max_hops", "3", "--top_k_per_hop", "2",
+            "--use_rewards", "true", "--device_batch_size", "2", "--max_doc_length", "40", "--max_steps", "3",
+            "--rl_steps", "2", "--num_samples", "2", "--max_new_tokens", "6", "--eval_questions", "2",
+            "--eval_every", "-1", "--device", "cpu", *extra]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_in_both_phases_with_prompts_too_long(world):
+    """Stop after warm-up step 2 and after reward step 4 (as if killed), resume twice: one run's 5 steps, no crash
+    although 3 hops of entity-expanded queries do not fit max_seq_len 256 unshortened."""
+    from nanochat.checkpoint_manager import load_model
+    from scripts.refrag_finetune import main
+    tiny = ["--max_seq_len", "256"]
+    ckpt = main(_args(world, "resume", *tiny, "--stop_at_step", "2"))
+    assert not (ckpt / "done.json").exists() and sorted(p.name for p in ckpt.glob("model_*.pt")) == ["model_000002.pt"]
+    main(_args(world, "resume", *tiny, "--resume", "true", "--stop_at_step", "4"))
+    assert not (ckpt / "done.json").exists() and (ckpt / "model_000004.pt").exists()
+    main(_args(world, "resume", *tiny, "--resume", "true"))
+    done = json.loads((ckpt / "done.json").read_text())
+    assert done["step"] == 5 and done["warmup_steps"] == 3 and done["rl_steps"] == 2 and done["resumed_from"] == 4
+    log = pd.read_csv(ckpt / "rewards.csv")
+    assert list(log["step"]) == [1, 2, 3, 4, 5] and list(log["phase"]) == ["warmup"] * 3 + ["reward"] * 2
+    manifest = json.loads((ckpt / "data" / "dataset" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["n_examples"] > 0  # long ones shortened (or skipped and counted), none crash
+    model, tok, meta = load_model(str(ckpt), device="cpu", phase="eval")
+    assert meta["step"] == 5 and meta["warmup_steps"] == 3
+
+
+def test_fit_prompt_shortens_hop_queries_then_skips(world):
+    from nanochat.refrag import encode_multihop, fit_items, multihop_conversation
+    tok = world["tok"]
+    long_q = " ".join(["Zentil Morland Quix Vora"] * 30)
+    msg = {"role": "retrieval", "multi_hop": True, "hops": [
+        {"hop": 1, "query": "where was he born", "documents": [{"title": "A", "content": "word " * 30}]},
+        {"hop": 2, "query": long_q, "documents": [{"title": "B", "content": "word " * 30}]}]}
+    item = {"id": "x", "question": "where was he born", "answers": ["a"], "message": msg}
+    too_long = {**item, "id": "y", "question": long_q}
+    kept, skipped = fit_items(tok, [item, too_long], 160)  # system prompt alone: ~75 tokens here
+    assert [k["id"] for k in kept] == ["x"] and skipped == 1
+    assert len(kept[0]["message"]["hops"][1]["query"].split()) < len(long_q.split())  # hop query cut, not a crash
+    conv = multihop_conversation(item["question"], msg, "a [1]")
+    ids, mask = encode_multihop(tok, conv, [1], 200, 40)
+    assert len(ids) <= 200 and sum(mask) > 0
+    assert encode_multihop(tok, multihop_conversation(long_q, msg, "a [1]"), [1], 200, 40) is None
