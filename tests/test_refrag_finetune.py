@@ -181,3 +181,31 @@ def test_fit_prompt_shortens_hop_queries_then_skips(world):
     ids, mask = encode_multihop(tok, conv, [1], 200, 40)
     assert len(ids) <= 200 and sum(mask) > 0
     assert encode_multihop(tok, multihop_conversation(long_q, msg, "a [1]"), [1], 200, 40) is None
+
+
+@pytest.mark.slow
+def test_workflow_dataset_from_raft_gets_multi_hop_shards(world, tmp_path):
+    """The workflow passes --dataset (nanochat.raft shards, hops flattened) and --retrieval (the multi-hop table):
+    the warm-up must still see the guide's multi_hop retrieval message."""
+    from nanochat.precompute import load_precomputed, precompute_retrieval
+    from nanochat.raft import build_dataset, load_dataset_shards
+    from scripts.refrag_finetune import main
+    data = world["data"]
+    files = {"train": str(data / "queries_train.jsonl"), "val": str(data / "queries_val.jsonl")}
+    table = tmp_path / "mh.parquet"
+    precompute_retrieval(data / "kb", "simple", files, 2, table, max_hops=2, top_k_per_hop=2, strategy="entities")
+    from nanochat.retrieval.kb import KnowledgeBase
+    flat = build_dataset(KnowledgeBase.load(data / "kb").chunks, load_precomputed(table), files, world["tok"],
+                         tmp_path / "raft", top_k=4, max_seq_len=384, max_doc_length=40)
+    assert "kind" not in flat
+    ckpt = main(["--knowledge_base", str(data / "kb"), "--source", "base", "--model_tag", "t2", "--output_tag", "wf",
+                 "--base_dir", str(world["base"]), "--dataset", str(tmp_path / "raft"), "--retrieval", str(table),
+                 "--queries_train", files["train"], "--queries_val", files["val"], "--max_hops", "2",
+                 "--top_k_per_hop", "2", "--use_rewards", "false", "--max_steps", "1", "--max_seq_len", "384",
+                 "--max_doc_length", "40", "--eval_questions", "1", "--max_new_tokens", "4", "--device", "cpu"])
+    manifest = json.loads((ckpt / "data" / "dataset" / "manifest.json").read_text())
+    assert manifest["kind"] == "multi_hop" and manifest["retrieval"] == str(table)
+    ids, _ = load_dataset_shards(str(ckpt / "data" / "dataset"), "train")[0]
+    hop_start = world["tok"].encode_special("<|hop_start|>")
+    assert list(ids).count(hop_start) == 2  # two hops rendered, not one flattened document list
+    assert json.loads((ckpt / "done.json").read_text())["step"] == 1
