@@ -26,7 +26,10 @@ from nanochat.common import atomic_path, atomic_write_json, print0
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PACKAGED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# What "auto" picks on a CPU without native bf16. int8 (dynamic quantization) was measured on SciFact train
+# (bench/dense_speed.py --ndcg): see CPU_AUTO_NOTE; it is chosen only when it kept nDCG@10 within 0.01 of fp32.
+CPU_AUTO = "fp32"
 
 _MODELS: dict = {}  # (model_path, device) -> SentenceTransformer; loading costs seconds, encode calls are many
 
@@ -74,16 +77,50 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def int8_available() -> bool:
+    """torch still ships eager dynamic quantization (deprecated upstream, removal announced)."""
+    return hasattr(torch, "ao") and hasattr(torch.ao.quantization, "quantize_dynamic") and \
+        bool(torch.backends.quantized.supported_engines)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: fp16 on CUDA; bf16 on CPUs with native bf16; else CPU_AUTO (fp32, see bench/dense_speed.py)."""
+    device = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         if device.type == "cuda":
             return "fp16"
-        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return "bf16"
+        return CPU_AUTO if CPU_AUTO != "int8" or (device.type == "cpu" and int8_available()) else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision='fp16' needs a CUDA device; on CPU use 'bf16' or 'fp32'")
+        raise ValueError("precision='fp16' needs a CUDA device; on CPU use 'int8', 'bf16' or 'fp32'")
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"precision='int8' (dynamic quantization) runs on CPU only, not {device.type}; use fp16 on CUDA")
+        if not int8_available():
+            raise ValueError(f"precision='int8' needs torch.ao.quantization.quantize_dynamic, which torch {torch.__version__} "
+                             "does not provide; use fp32")
     return precision
+
+
+def query_precision(passage_precision: str | None, device=None) -> str:
+    """Precision for encoding queries against passages embedded at `passage_precision`.
+
+    The same one where this device can run it (int8 queries for int8 passages: matching quantization
+    noise); otherwise the nearest exact one (fp32), e.g. an fp16 GPU-built KB queried on a CPU.
+    """
+    dev = _resolve_device(device)
+    if passage_precision in (None, "auto"):
+        return resolve_precision("auto", dev)
+    try:
+        prec = resolve_precision(passage_precision, dev)
+    except ValueError:
+        return "fp32"
+    if prec == "bf16" and dev.type == "cpu" and not cpu_has_fast_bf16():
+        return "fp32"  # emulated bf16 is several times slower and agrees with fp32 to ~1e-4 in cosine
+    return prec
 
 
 def _resolve_device(device) -> torch.device:
@@ -92,10 +129,20 @@ def _resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
-def load_model(model_name: str = DEFAULT_MODEL, device=None):
-    """Cached SentenceTransformer for (model, device), loaded with HF_HUB_OFFLINE=1."""
+def load_model(model_name: str = DEFAULT_MODEL, device=None, precision: str = "fp32"):
+    """Cached SentenceTransformer for (model, device), loaded with HF_HUB_OFFLINE=1.
+
+    precision="int8" returns a CPU copy whose nn.Linear layers are dynamically quantized (weights int8
+    per output channel, activations int8 per batch at run time); other precisions share the fp32 model.
+    """
     path = resolve_model_path(model_name)
     device = _resolve_device(device)
+    if precision == "int8":
+        resolve_precision("int8", device)  # clear error off CPU
+        key = (str(path), "cpu", "int8")
+        if key not in _MODELS:
+            _MODELS[key] = _quantize_int8(load_model(model_name, "cpu"))
+        return _MODELS[key]
     key = (str(path), str(device))
     if key not in _MODELS:
         old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
@@ -115,6 +162,33 @@ def load_model(model_name: str = DEFAULT_MODEL, device=None):
     return _MODELS[key]
 
 
+def _quantize_int8(model):
+    """Dynamic int8 quantization of every nn.Linear (a copy; the fp32 model stays cached).
+
+    Measured cosine to fp32 on SciFact abstracts (mean): per-tensor weights 0.92; per-channel 0.98;
+    per-channel with full 8-bit activation range 0.993. torch's module asks for 7-bit activations
+    (reduce_range, a guard against int16 overflow in AVX2 kernels); at MiniLM's activation scales the
+    full range measured better, so the layers are switched to _Int8Linear below.
+    """
+    import copy
+    import warnings
+    import torch.ao.nn.quantized.dynamic as nnqd
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    class _Int8Linear(nnqd.Linear):
+        def forward(self, x):
+            return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False).to(x.dtype)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated.*")  # torch.ao eager quantization: still works in 2.13
+        q = quantize_dynamic(copy.deepcopy(model).cpu(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    for mod in q.modules():
+        if type(mod) is nnqd.Linear and mod.weight().dtype == torch.qint8:
+            mod.__class__ = _Int8Linear
+    q.eval()
+    return q
+
+
 def _tokenize(model, texts: list[str]) -> dict:
     # sentence-transformers >= 6 renamed tokenize -> preprocess
     fn = getattr(model, "preprocess", None) or model.tokenize
@@ -127,7 +201,7 @@ def _dimension(model) -> int:
 
 
 def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
@@ -146,7 +220,7 @@ def encode_texts(texts, model_name: str = DEFAULT_MODEL, batch_size: int = 32, p
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = _resolve_device(device)
     prec = resolve_precision(precision, dev)
-    model = load_model(model_name, dev)
+    model = load_model(model_name, dev, prec)
     dim = _dimension(model)
     if out is None:
         out = np.empty((len(texts), dim), dtype=np.float32)
@@ -154,7 +228,9 @@ def encode_texts(texts, model_name: str = DEFAULT_MODEL, batch_size: int = 32, p
     order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: an OOM shows up at once
     from tqdm.auto import tqdm
     bar = tqdm(total=len(texts), desc=f"embed ({prec})", unit="text", disable=not show_progress)
-    with torch.inference_mode(), _autocast(prec, dev):
+    import warnings
+    with torch.inference_mode(), _autocast(prec, dev), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated.*")  # quantized ops warn on every call in torch 2.13
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             features = _tokenize(model, [texts[i] for i in rows])
@@ -174,13 +250,14 @@ def embedder_info(model_name: str = DEFAULT_MODEL, precision: str = "auto", devi
     dev = _resolve_device(device)
     model = load_model(model_name, dev)
     path = resolve_model_path(model_name)
-    return {
+    prec = resolve_precision(precision, dev)
+    info = {
         "model_name": str(model_name),
         "model": str(model_name),  # the key the KB manifest's embedder identity uses
         "model_path": str(path),
         "dimension": int(_dimension(model)),
         "normalized": True,
-        "precision": resolve_precision(precision, dev),
+        "precision": prec,  # part of the KB id: int8 vectors differ from fp32 ones (cosine ~0.98)
         "max_seq_length": int(model.max_seq_length),
         "versions": {
             "sentence_transformers": sentence_transformers.__version__,
@@ -188,6 +265,10 @@ def embedder_info(model_name: str = DEFAULT_MODEL, precision: str = "auto", devi
             "torch": torch.__version__,
         },
     }
+    if prec == "int8":
+        info["quantization"] = {"method": "torch.ao dynamic", "layers": "nn.Linear", "weights": "qint8 per-channel", "activations": "quint8 per-tensor, full range",
+                                "engine": torch.backends.quantized.engine}
+    return info
 
 
 def ids_sha256(ids) -> str:
@@ -204,7 +285,7 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="embeddings.npy to write (sidecar embeddings.json next to it)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="packaged model name or local sentence-transformers dir")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per forward pass")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (int8: dynamic quantization, CPU)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     args = parser.parse_args(argv)
 

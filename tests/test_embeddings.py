@@ -1,4 +1,4 @@
-"""Offline sentence embeddings: packaged model, normalisation, input order, bf16 agreement, CLI.
+"""Offline sentence embeddings: packaged model, normalisation, input order, bf16/int8 agreement, CLI.
 
     python -m pytest tests/test_embeddings.py -q
 """
@@ -60,7 +60,28 @@ def test_precision_resolution():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         E.resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="precision must be one of"):
-        E.resolve_precision("int8", torch.device("cpu"))
+        E.resolve_precision("int4", torch.device("cpu"))
+    assert E.resolve_precision("int8", torch.device("cpu")) == "int8"
+    with pytest.raises(ValueError, match="CPU only"):
+        E.resolve_precision("int8", torch.device("cuda"))
+    # queries follow the passages' precision where the device can run it, else fp32
+    assert E.query_precision("int8", "cpu") == "int8" and E.query_precision("int8", "cuda") == "fp32"
+    assert E.query_precision("fp16", "cpu") == "fp32" and E.query_precision("fp16", "cuda") == "fp16"
+    assert E.query_precision("fp32", "cuda") == "fp32"
+    assert E.query_precision("bf16", "cpu") == ("bf16" if E.cpu_has_fast_bf16() else "fp32")
+
+
+def test_int8_agrees_with_fp32_and_changes_identity():
+    ref = E.encode_texts(SENTENCES, precision="fp32", show_progress=False)
+    q = E.encode_texts(SENTENCES, precision="int8", show_progress=False)
+    assert q.dtype == np.float32 and q.shape == ref.shape
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(ref * q, axis=1)
+    assert cos[:4].min() >= 0.99 and cos.max() < 0.99999  # close to fp32, yet really quantized
+    assert cos[4] >= 0.97  # "Hi": 3 tokens, the coarsest per-tensor activation scale (measured 0.980)
+    assert E.load_model(precision="int8") is not E.load_model()  # the fp32 model stays unquantized
+    info = E.embedder_info(precision="int8", device="cpu")
+    assert info["precision"] == "int8" and info["quantization"]["weights"] == "qint8 per-channel"
 
 
 def test_embedder_info_and_cli(tmp_path):

@@ -84,6 +84,23 @@ def test_dense_semantic_paraphrase_through_manager(real_kb):
     assert json.loads((real_kb / "dense" / "settings.json").read_text())["model"] == "all-MiniLM-L6-v2"
 
 
+def test_int8_kb_has_own_id_and_queries_follow_manifest_precision(real_kb, tmp_path):
+    from nanochat.retrieval import RetrievalManager, build_knowledge_base
+    from nanochat.retrieval.kb import KnowledgeBase
+    fp32 = KnowledgeBase.load(real_kb)
+    kb8 = build_knowledge_base(DOCS, tmp_path / "kb8", retriever_types=("dense",), precision="int8", show_progress=False)
+    assert kb8.manifest["embedding"]["precision"] == "int8" and kb8.kb_id != fp32.kb_id
+    m = RetrievalManager(retriever_type="dense", knowledge_base_path=tmp_path / "kb8")
+    r = m.kb.retriever("dense")
+    assert r.settings["precision"] == "int8"                           # from the manifest, not the "auto" default
+    assert fp32.retriever("dense").settings["precision"] == "fp32"
+    assert fp32.retriever("dense", precision="int8").settings["precision"] == "int8"  # explicit override wins
+    idx, _ = m.search_batch(["How often should my young feline eat?", "robot exploring the red planet"], top_k=1)
+    assert [m.kb.chunks["doc_id"].iloc[i[0]] for i in idx] == ["pets", "space"]
+    # memory-mapped, read-only embeddings on load
+    assert isinstance(kb8.embeddings, np.memmap) and not kb8.embeddings.flags.writeable
+
+
 def test_hybrid_through_manager_both_fusions(real_kb):
     from nanochat.retrieval import RetrievalManager
     for fusion in ("interpolate", "rrf"):

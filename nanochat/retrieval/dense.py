@@ -81,7 +81,7 @@ class DenseRetriever(Retriever):
     name = "dense"
     DEFAULTS = {
         "model": "all-MiniLM-L6-v2",
-        "precision": "auto",        # query encoding precision (see nanochat.embeddings)
+        "precision": "auto",        # query encoding precision; at load the KB manifest's embedding precision wins
         "index": "auto",            # auto | flat | ivf | hnsw
         "ivf_threshold": 50_000,    # auto: exact search below this many chunks, IVF above
         "nlist": None,              # IVF lists (None: ~4 sqrt(N))
@@ -137,9 +137,12 @@ class DenseRetriever(Retriever):
             raise ValueError(f"unknown dense retriever setting(s): {sorted(unknown)}; known: {sorted(cls.DEFAULTS)}")
         settings.update(overrides)
         # queries must be encoded by the model that embedded the chunks: the KB manifest is the authority
-        emb_model = ((getattr(kb, "manifest", None) or {}).get("embedding") or {}).get("model")
-        if emb_model and "model" not in overrides:
-            settings["model"] = emb_model
+        emb = (getattr(kb, "manifest", None) or {}).get("embedding") or {}
+        if emb.get("model") and "model" not in overrides:
+            settings["model"] = emb["model"]
+        if "precision" not in overrides:  # ... and at the precision they were encoded with, where this host can run it
+            from nanochat.embeddings import query_precision
+            settings["precision"] = query_precision(emb.get("precision") or settings.get("precision"))
         index = faiss.read_index(str(out_dir / "index.faiss"))
         if settings.get("index_kind") == "ivf":
             index.nprobe = int(settings["nprobe"])

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -34,6 +35,7 @@ CHUNKS = "chunks.parquet"
 EMBEDDINGS = "embeddings.npy"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 OLD_FORMAT_FILES = ("documents.pkl", "metadata.json", "index.faiss", "embeddings.pkl")
+CHECK_BLOCK = 16_384  # embedding rows checked at a time (a memmapped matrix is never read whole)
 
 
 class KnowledgeBaseError(ValueError):
@@ -176,8 +178,9 @@ class KnowledgeBase:
 
     @property
     def embeddings(self) -> np.ndarray | None:
+        """(N, d) float32, memory-mapped read-only: pages are read on use, not all at load."""
         if self._embeddings is None and EMBEDDINGS in self.manifest.get("files", {}):
-            self._embeddings = np.load(self.path / EMBEDDINGS, allow_pickle=False)
+            self._embeddings = np.load(self.path / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
         return self._embeddings
 
     def retriever(self, retriever_type: str, **settings):
@@ -221,14 +224,27 @@ def _compute_embeddings(chunks, model: str, precision: str, show_progress: bool)
     return np.asarray(emb, dtype=np.float32), dict(info)
 
 
+def _drop_pages(arr) -> None:
+    """Release a memmap's pages from our RSS after reading them (they stay in the page cache)."""
+    mapped = getattr(arr, "_mmap", None)
+    if mapped is not None:
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
 def _check_embeddings(emb: np.ndarray, n: int, where: str) -> np.ndarray:
-    emb = np.asarray(emb, dtype=np.float32)
+    """Shape, dtype and unit norms, checked CHECK_BLOCK rows at a time; a float32 memmap stays a memmap."""
+    if not isinstance(emb, np.ndarray) or emb.dtype != np.float32:
+        emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != n:
         raise ValueError(f"{where}: embeddings have shape {emb.shape}, expected ({n}, dim) for {n} chunks; "
                          "re-run python -m nanochat.embeddings on the same chunks.parquet")
-    norms = np.linalg.norm(emb, axis=1)
-    if n and not np.allclose(norms, 1.0, atol=1e-3):
-        raise ValueError(f"{where}: embeddings are not L2-normalised (norms {norms.min():.4f}..{norms.max():.4f})")
+    lo, hi = np.inf, -np.inf
+    for start in range(0, n, CHECK_BLOCK):
+        norms = np.linalg.norm(emb[start:start + CHECK_BLOCK], axis=1)
+        lo, hi = min(lo, float(norms.min())), max(hi, float(norms.max()))
+        _drop_pages(emb)
+    if n and not (abs(lo - 1.0) <= 1e-3 and abs(hi - 1.0) <= 1e-3):
+        raise ValueError(f"{where}: embeddings are not L2-normalised (norms {lo:.4f}..{hi:.4f})")
     return emb
 
 
@@ -260,24 +276,40 @@ def _build(chunks, output_dir, retriever_types, chunker: dict, n_documents: int,
     with atomic_path(out / CHUNKS) as tmp:
         chunks.to_parquet(tmp, index=False)
 
+    # Embeddings end up in out/embeddings.npy and are read back memory-mapped: with the block-wise
+    # checks and FAISS adds, a build holds one copy of the matrix (inside the index) plus a block.
     emb_info = old.get("embedding") if same_chunks and old else None
     needs_emb = bool(NEEDS_EMBEDDINGS & set(types))
     emb = None
     if embeddings is not None:
         if isinstance(embeddings, (str, os.PathLike)):
-            embeddings = np.load(embeddings, allow_pickle=False)
-        emb = _check_embeddings(embeddings, len(chunks), "embeddings")
+            src = Path(embeddings)
+            raw = np.load(src, mmap_mode="r", allow_pickle=False)
+            same = src.resolve() == (out / EMBEDDINGS).resolve()
+            checked = _check_embeddings(raw, len(chunks), str(src))
+            if raw.dtype == np.float32 and not same:
+                del raw, checked
+                with atomic_path(out / EMBEDDINGS) as tmp:
+                    shutil.copyfile(src, tmp)  # kernel-side copy: never in our memory
+            elif raw.dtype != np.float32:
+                save_npy(out / EMBEDDINGS, checked)  # e.g. float64 from another tool: stored as float32
+                del raw, checked
+        else:
+            save_npy(out / EMBEDDINGS, _check_embeddings(embeddings, len(chunks), "embeddings"))
         emb_info = dict(embedding_info or {"model": model, "precision": precision})
+        emb = np.load(out / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
     elif needs_emb:
         reuse = emb_info and emb_info.get("model") == model and (out / EMBEDDINGS).is_file()
         if reuse:
-            emb = _check_embeddings(np.load(out / EMBEDDINGS, allow_pickle=False), len(chunks), str(out / EMBEDDINGS))
+            emb = _check_embeddings(np.load(out / EMBEDDINGS, mmap_mode="r", allow_pickle=False), len(chunks),
+                                    str(out / EMBEDDINGS))
         else:
-            emb, emb_info = _compute_embeddings(chunks, model, precision, show_progress)
-            emb = _check_embeddings(emb, len(chunks), f"encode_texts({model!r})")
+            computed, emb_info = _compute_embeddings(chunks, model, precision, show_progress)
+            save_npy(out / EMBEDDINGS, _check_embeddings(computed, len(chunks), f"encode_texts({model!r})"))
+            del computed
+            emb = np.load(out / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
     if emb is not None:
         emb_info = {**emb_info, "dimension": int(emb.shape[1]), "normalized": True, "dtype": "float32"}
-        save_npy(out / EMBEDDINGS, emb)
     elif not (emb_info and (out / EMBEDDINGS).is_file() and any(t in NEEDS_EMBEDDINGS for t in kept)):
         emb_info = None
         (out / EMBEDDINGS).unlink(missing_ok=True)
