@@ -9,6 +9,9 @@ encoding of 100K passages takes hours on 2 CPU cores). Each path runs in its own
 peak RSS is its own:
   direct: memmap -> DenseRetriever.build            (this module's path)
   kb:     memmap .npy -> build_knowledge_base_from_chunks(embeddings_path=...)  (the KB builder's path)
+Measured (2 shared cores, 100K x 384 = 146.5 MiB, auto -> IVF): kb path peak - base 171 MiB (1.17x the
+matrix: the KB copies the .npy kernel-side, checks norms and fills FAISS block by block from a memmap);
+direct 265 MiB (1.81x; IVF inverted lists grow by doubling). The base RSS is noisy (allocator reuse).
 """
 from __future__ import annotations
 

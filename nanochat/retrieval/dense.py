@@ -62,8 +62,18 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", nlist: int | None = 
         nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 256 * nlist), replace=False))
-        index.train(_normalised_block(embeddings[sample]))
+        # 40 points per list (FAISS wants >= 39): the training copy stays <= ~half the matrix at 100K rows,
+        # so the build peak is the index's own copy, not index + sample (all rows at 256/list)
+        sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 40 * nlist), replace=False))
+        train = np.empty((len(sample), d), dtype=np.float32)
+        mapped = getattr(embeddings, "_mmap", None)
+        for start in range(0, n, ADD_BLOCK):  # gathered block by block: a memmap's pages are dropped as we go
+            lo, hi = np.searchsorted(sample, [start, start + ADD_BLOCK])
+            train[lo:hi] = _normalised_block(embeddings[sample[lo:hi]])
+            if mapped is not None:
+                mapped.madvise(mmap.MADV_DONTNEED)
+        index.train(train)
+        del train
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
