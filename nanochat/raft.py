@@ -88,6 +88,12 @@ def build_conversation(question: str, documents: list[dict], answer: str | None 
     return {"messages": messages}
 
 
+def answer_target(answer: str, cited: list[int]) -> str:
+    """Assistant text for an answer: a leading space makes the answer tokenize exactly as it does inside a
+    document (" Hilluxlom" is one BPE token, "Hilluxlom" is two others), so answering is a literal copy."""
+    return f" {answer.strip()} " + " ".join(f"[{n}]" for n in cited)
+
+
 def _dedupe(hits):
     seen, out = set(), []
     for h in hits:
@@ -135,18 +141,57 @@ def make_example(query: dict, hits: list, store: ChunkStore, top_k: int, with_go
     docs = [store.doc(c, s, max_doc_length) for c, _, s in chosen]
     order = [c for c, _, _ in chosen]
     cited = [order.index(c) + 1 for c in needed]
-    target = f"{answers[0]} " + " ".join(f"[{n}]" for n in cited) if with_gold else ABSTAIN_ANSWER
+    target = answer_target(answers[0], cited) if with_gold else ABSTAIN_ANSWER
     return build_conversation(query["question"], docs, target), cited
 
 
+def extra_turns(chosen_docs: list[dict], store: "ChunkStore", others: list[dict], max_extra: int) -> tuple[list, list]:
+    """Further questions answerable (or provably not) from the same documents -> ([(q, a)], cited positions).
+
+    Denser supervision: one forward pass carries several copy targets instead of one ~4-token answer.
+    A question is used with an answer when all its gold documents are shown and the last one holds the
+    answer; with the abstention sentence when none of its gold documents is shown; otherwise skipped.
+    """
+    shown = {store.rows[d["id"]]["doc_id"]: i + 1 for i, d in enumerate(chosen_docs)}
+    turns, cited = [], []
+    for q in others:
+        if len(turns) >= max_extra:
+            break
+        gold = list(q.get("doc_ids") or [])
+        if not gold or not q.get("answers"):
+            continue
+        if all(g in shown for g in gold):
+            last = chosen_docs[shown[gold[-1]] - 1]["content"]
+            if not contains_answer(last, q["answers"]):
+                continue
+            pos = [shown[g] for g in gold]
+            turns.append((q["question"], answer_target(q["answers"][0], pos)))
+            cited += pos
+        elif not any(g in shown for g in gold):
+            turns.append((q["question"], ABSTAIN_ANSWER))
+    return turns, cited
+
+
 def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFrame, split: str, top_k: int = 5,
-                   p_gold: float = 0.8, max_doc_length: int | None = 300, seed: int = 0) -> tuple[list, dict]:
-    """RAFT conversations for one split -> (examples, stats). Seeded per query (stable under edits)."""
+                   p_gold: float = 0.8, max_doc_length: int | None = 300, seed: int = 0,
+                   turns: int = 1) -> tuple[list, dict]:
+    """RAFT conversations for one split -> (examples, stats). Seeded per query (stable under edits).
+
+    turns > 1: each conversation also asks up to turns-1 other questions of the same split about the same
+    entity (its `entity` field, else its first gold document) -- multi-turn RAFT -- answered from (or
+    abstaining on) the same retrieved documents.
+    """
     if not 0.0 <= p_gold <= 1.0:
         raise ValueError(f"p_gold={p_gold}: must be within [0, 1]")
     store = chunks if isinstance(chunks, ChunkStore) else ChunkStore(chunks)
     by_q = hits_by_query(table, split)
-    examples, stats = [], {"n_queries": len(queries), "with_gold": 0, "abstain": 0, "skipped": 0, "no_retrieval": 0}
+    examples, stats = [], {"n_queries": len(queries), "with_gold": 0, "abstain": 0, "skipped": 0, "no_retrieval": 0,
+                           "extra_turns": 0}
+    by_entity: dict[str, list[dict]] = {}
+    for q in queries if turns > 1 else []:
+        key = q.get("entity") or ((q.get("doc_ids") or [None])[0])
+        if key is not None:
+            by_entity.setdefault(key, []).append(q)
     for q in queries:
         rng = random.Random(f"{seed}:{split}:{q['id']}")
         hits = by_q.get(q["id"], [])
@@ -158,6 +203,15 @@ def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFram
             stats["skipped"] += 1
             continue
         conv, cited = made
+        if turns > 1:
+            key = q.get("entity") or ((q.get("doc_ids") or [None])[0])
+            others = [o for o in by_entity.get(key, []) if o["id"] != q["id"]]
+            rng.shuffle(others)
+            more, more_cited = extra_turns(conv["messages"][1]["documents"], store, others, turns - 1)
+            conv["messages"] += [m for qq, a in more for m in ({"role": "user", "content": qq},
+                                                               {"role": "assistant", "content": a})]
+            cited = sorted(set(cited) | set(more_cited))
+            stats["extra_turns"] += len(more)
         stats["with_gold" if with_gold else "abstain"] += 1
         examples.append({"query_id": q["id"], "with_gold": with_gold, "cited": cited, "conversation": conv})
     n = stats["with_gold"] + stats["abstain"]
@@ -239,8 +293,18 @@ def load_base_conversations(base_tasks: str | None, n: int, seed: int) -> list[d
 def encode_example(tokenizer, conversation: dict, cited: list[int], max_seq_len: int, max_doc_length: int | None):
     """(ids, mask) fitting max_seq_len with every cited document intact, or None.
 
-    Retries with halved document word budgets when the tokenizer had to cut a cited document.
+    Retries with halved document word budgets when the tokenizer had to cut a cited document; a multi-turn
+    conversation first gives up its extra turns, last first.
     """
+    msgs = conversation["messages"]
+    n_assistant = sum(m["role"] == "assistant" for m in msgs)
+    while n_assistant > 1:
+        ids, mask, info = tokenizer.render_conversation(conversation, max_tokens=max_seq_len, on_overflow="report")
+        cut = set(info["dropped_docs"]) | {int(k) for k in info["shortened_docs"]}
+        if not info["cut_tokens"] and not (cut & set(cited)):
+            return ids, mask
+        msgs = msgs[:-2]  # drop the last user/assistant pair
+        conversation, n_assistant = {**conversation, "messages": msgs}, n_assistant - 1
     lengths = [len(d["content"].split()) for m in conversation["messages"] if m["role"] == "retrieval"
                for d in m["documents"]]
     words = max_doc_length or max(lengths, default=None)
@@ -329,15 +393,19 @@ def tokenizer_hash(tokenizer_dir) -> str:
 def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dict, tokenizer, output_dir,
                   top_k: int = 5, p_gold: float = 0.8, max_seq_len: int = 512, max_doc_length: int | None = 300,
                   seed: int = 0, base_tasks: str | None = None, base_mix: float = 0.0,
-                  examples_per_shard: int = 4096, provenance: dict | None = None) -> dict:
-    """Build, tokenize and shard every split in query_files; write manifest.json last; return it."""
+                  examples_per_shard: int = 4096, provenance: dict | None = None, turns: int = 1) -> dict:
+    """Build, tokenize and shard every split in query_files; write manifest.json last; return it.
+
+    turns applies to the train split only: validation stays one question per conversation, the evaluation format.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # an interrupted rebuild must not look complete
     store = ChunkStore(kb_chunks)
     splits = {}
     for split, path in query_files.items():
-        examples, stats = build_examples(load_queries(path), table, store, split, top_k, p_gold, max_doc_length, seed)
+        examples, stats = build_examples(load_queries(path), table, store, split, top_k, p_gold, max_doc_length, seed,
+                                         turns if split == "train" else 1)
         encoded, too_long = [], 0
         for ex in tqdm(examples, desc=f"tokenize {split}", unit="ex"):
             enc = encode_example(tokenizer, ex["conversation"], ex["cited"], max_seq_len, max_doc_length)
@@ -359,7 +427,7 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
                      shards=write_shards(encoded, out, split, examples_per_shard), queries_sha256=sha256_file(path))
         splits[split] = stats
     manifest = {"format": "nanochat-raft-v1", "splits": splits, "seed": seed, "top_k": top_k, "p_gold": p_gold,
-                "max_seq_len": max_seq_len, "max_doc_length": max_doc_length, "max_doc_length_unit": "words",
+                "max_seq_len": max_seq_len, "max_doc_length": max_doc_length, "turns": turns, "max_doc_length_unit": "words",
                 "abstain_answer": ABSTAIN_ANSWER, "system_prompt": SYSTEM_PROMPT, **(provenance or {})}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
@@ -379,6 +447,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--base_tasks", default="auto", help="auto | smoltalk | none | comma-separated JSONL chat files")
     p.add_argument("--base_mix", type=float, default=0.0, help="general conversations per RAG example in train (0 = none)")
+    p.add_argument("--turns", type=int, default=4, help="questions per training conversation (same entity, same documents)")
     p.add_argument("--examples_per_shard", type=int, default=4096, help="examples per .npz shard")
     p.add_argument("--output", required=True, help="dataset directory")
     return p
@@ -396,7 +465,7 @@ def main(argv=None) -> int:
                   "tokenizer_sha256": tokenizer_hash(args.tokenizer)}
     m = build_dataset(kb.chunks, table, files, Tokenizer.from_directory(args.tokenizer), args.output, args.top_k,
                       args.p_gold, args.max_seq_len, None if args.max_doc_length < 0 else args.max_doc_length,
-                      args.seed, args.base_tasks, args.base_mix, args.examples_per_shard, provenance)
+                      args.seed, args.base_tasks, args.base_mix, args.examples_per_shard, provenance, args.turns)
     for split, s in m["splits"].items():
         print(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
     return 0

@@ -53,7 +53,7 @@ def test_citations_point_at_gold_and_abstentions_have_none(setup):
         assert len(docs) == 4 and len(set(x["id"] for x in docs)) == 4
         if e["with_gold"]:
             cited = parse_citations(answer)
-            assert answer.startswith(q["answers"][0]) and cited == e["cited"] and len(cited) == q["hops"]
+            assert answer.startswith(" " + q["answers"][0] + " ") and cited == e["cited"] and len(cited) == q["hops"]
             assert [doc_of[n - 1] for n in cited] == q["doc_ids"]  # hop order
             assert contains_answer(docs[cited[-1] - 1]["content"], q["answers"])
             first_positions.add(cited[0])
@@ -108,3 +108,46 @@ def test_smoltalk_must_be_cached_when_requested(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match="'smoltalk' requested but .* not cached"):
         load_base_conversations("smoltalk", 5, 0)
     assert load_base_conversations(None, 5, 0) == []  # the default warns and continues without it
+
+
+def test_answer_tokens_are_a_copy_of_the_document_tokens(setup):
+    from nanochat.raft import answer_target
+    from nanochat.tokenizer import Tokenizer
+    d, chunks, table, files = setup
+    tok = Tokenizer.train_from_iterator(list(chunks["content"]), 600)
+    q = next(q for q in load_queries(files["train"]) if q["hops"] == 1)
+    doc = next(c for c in chunks["content"] if contains_answer(c, q["answers"]))
+    target = tok.encode(answer_target(q["answers"][0], [1]))
+    answer_ids = tok.encode(" " + q["answers"][0])
+    assert target[:len(answer_ids)] == answer_ids
+    doc_ids = tok.encode(doc)
+    assert any(doc_ids[i:i + len(answer_ids)] == answer_ids for i in range(len(doc_ids)))
+
+
+def test_multi_turn_conversations_answer_from_the_same_documents(setup):
+    d, chunks, table, files = setup
+    queries = {q["id"]: q for q in load_queries(files["train"])}
+    by_question = {q["question"]: q for q in queries.values()}
+    ex, stats = build_examples(list(queries.values()), table, chunks, "train", top_k=2, p_gold=0.8, seed=0, turns=3)
+    assert stats["extra_turns"] > len(ex) // 2
+    n_multi = 0
+    for e in ex:
+        msgs = e["conversation"]["messages"]
+        docs = _docs(e["conversation"])
+        doc_of = [x["id"].split("#")[0] for x in docs]
+        pairs = [(msgs[i]["content"], msgs[i + 1]["content"]) for i in range(2, len(msgs), 2)]
+        assert [m["role"] for m in msgs[2:]] == ["user", "assistant"] * len(pairs) and len(pairs) <= 3
+        entity = queries[e["query_id"]]["doc_ids"][0]  # the entity's own document comes first
+        n_multi += len(pairs) > 1
+        for question, answer in pairs:
+            q = by_question[question]
+            assert q["doc_ids"][0] == entity
+            if answer == ABSTAIN_ANSWER:
+                assert not set(doc_of) & set(q["doc_ids"])
+            else:
+                cited = parse_citations(answer)
+                assert answer.startswith(" " + q["answers"][0]) and [doc_of[n - 1] for n in cited] == q["doc_ids"]
+                assert contains_answer(docs[cited[-1] - 1]["content"], q["answers"])
+    assert n_multi > len(ex) // 2
+    single, _ = build_examples(list(queries.values()), table, chunks, "train", top_k=2, p_gold=0.8, seed=0)
+    assert all(len(e["conversation"]["messages"]) == 4 for e in single)
