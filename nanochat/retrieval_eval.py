@@ -162,7 +162,7 @@ def main(argv=None):
     parser.add_argument("--top_k", type=int, default=100, help="hits per query (>= 100 for recall@100)")
     parser.add_argument("--kb_dir", default=None, help="build the KB here, or reuse it if it already matches (default: a temp dir)")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="embedding model (dense/hybrid)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="embedding precision")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"], help="embedding precision")
     parser.add_argument("--embeddings", default=None, help="precomputed embeddings.npy (from python -m nanochat.embeddings)")
     parser.add_argument("--settings", default=None, help='JSON search-time settings for the retriever, e.g. \'{"fusion": "rrf"}\'')
     parser.add_argument("--scorer", default="ranx", choices=["ranx", "numpy"], help="metric implementation")
