@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -172,21 +173,58 @@ def extra_turns(chosen_docs: list[dict], store: "ChunkStore", others: list[dict]
     return turns, cited
 
 
+def _shape(answer: str) -> tuple:
+    """Coarse answer type (number / capitalised name / lower-case word, and word count) for substitutes."""
+    a = answer.strip()
+    return ("num" if a.isdigit() else "cap" if a[:1].isupper() else "low", len(a.split()))
+
+
+def counterfactual(conv: dict, pool: dict, rng: random.Random) -> dict:
+    """The conversation with each answered turn's answer replaced, in documents and answers alike, by another
+    answer of the same shape. Why: the model cannot recall a training fact it was never told consistently,
+    so reading (copying from) the document is the only way to lower the loss -- what held-out entities need."""
+    msgs = conv["messages"]
+    answers = {m["content"].strip().rsplit(" [", 1)[0].split(" [")[0].strip() for m in msgs
+               if m["role"] == "assistant" and m["content"] != ABSTAIN_ANSWER}
+    subs = {}
+    for a in sorted(answers):
+        options = [x for x in pool.get(_shape(a), ()) if x != a and x not in answers]
+        if options:
+            subs[a] = rng.choice(options)
+    if not subs:
+        return conv
+    pat = re.compile(r"(?<!\w)(" + "|".join(re.escape(a) for a in sorted(subs, key=len, reverse=True)) + r")(?!\w)")
+    swap = lambda text: pat.sub(lambda m: subs[m.group(1)], text)
+    out = []
+    for m in msgs:
+        if m["role"] == "retrieval":
+            m = {**m, "documents": [{**d, "title": swap(d["title"]), "content": swap(d["content"])}
+                                   for d in m["documents"]]}
+        elif m["role"] == "assistant":
+            m = {**m, "content": swap(m["content"])}
+        out.append(m)
+    return {**conv, "messages": out}
+
+
 def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFrame, split: str, top_k: int = 5,
                    p_gold: float = 0.8, max_doc_length: int | None = 300, seed: int = 0,
-                   turns: int = 1) -> tuple[list, dict]:
+                   turns: int = 1, p_counterfactual: float = 0.0) -> tuple[list, dict]:
     """RAFT conversations for one split -> (examples, stats). Seeded per query (stable under edits).
 
     turns > 1: each conversation also asks up to turns-1 other questions of the same split about the same
     entity (its `entity` field, else its first gold document) -- multi-turn RAFT -- answered from (or
-    abstaining on) the same retrieved documents.
+    abstaining on) the same retrieved documents. p_counterfactual: share of examples whose answers are swapped
+    for other answers of the same shape in documents and targets alike (see `counterfactual`).
     """
     if not 0.0 <= p_gold <= 1.0:
         raise ValueError(f"p_gold={p_gold}: must be within [0, 1]")
     store = chunks if isinstance(chunks, ChunkStore) else ChunkStore(chunks)
     by_q = hits_by_query(table, split)
     examples, stats = [], {"n_queries": len(queries), "with_gold": 0, "abstain": 0, "skipped": 0, "no_retrieval": 0,
-                           "extra_turns": 0}
+                           "extra_turns": 0, "counterfactual": 0}
+    pool: dict[tuple, list[str]] = {}
+    for a in sorted({q["answers"][0].strip() for q in queries if q.get("answers")}) if p_counterfactual > 0 else []:
+        pool.setdefault(_shape(a), []).append(a)
     by_entity: dict[str, list[dict]] = {}
     for q in queries if turns > 1 else []:
         key = q.get("entity") or ((q.get("doc_ids") or [None])[0])
@@ -212,6 +250,9 @@ def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFram
                                                                {"role": "assistant", "content": a})]
             cited = sorted(set(cited) | set(more_cited))
             stats["extra_turns"] += len(more)
+        if with_gold and p_counterfactual > 0 and rng.random() < p_counterfactual:
+            conv = counterfactual(conv, pool, rng)
+            stats["counterfactual"] += 1
         stats["with_gold" if with_gold else "abstain"] += 1
         examples.append({"query_id": q["id"], "with_gold": with_gold, "cited": cited, "conversation": conv})
     n = stats["with_gold"] + stats["abstain"]
@@ -300,9 +341,8 @@ def encode_example(tokenizer, conversation: dict, cited: list[int], max_seq_len:
     n_assistant = sum(m["role"] == "assistant" for m in msgs)
     while n_assistant > 1:
         ids, mask, info = tokenizer.render_conversation(conversation, max_tokens=max_seq_len, on_overflow="report")
-        cut = set(info["dropped_docs"]) | {int(k) for k in info["shortened_docs"]}
-        if not info["cut_tokens"] and not (cut & set(cited)):
-            return ids, mask
+        if not info["cut_tokens"] and not info["dropped_docs"] and not info["shortened_docs"]:
+            return ids, mask  # extra turns are only worth keeping with every document whole
         msgs = msgs[:-2]  # drop the last user/assistant pair
         conversation, n_assistant = {**conversation, "messages": msgs}, n_assistant - 1
     lengths = [len(d["content"].split()) for m in conversation["messages"] if m["role"] == "retrieval"
@@ -393,7 +433,8 @@ def tokenizer_hash(tokenizer_dir) -> str:
 def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dict, tokenizer, output_dir,
                   top_k: int = 5, p_gold: float = 0.8, max_seq_len: int = 512, max_doc_length: int | None = 300,
                   seed: int = 0, base_tasks: str | None = None, base_mix: float = 0.0,
-                  examples_per_shard: int = 4096, provenance: dict | None = None, turns: int = 1) -> dict:
+                  examples_per_shard: int = 4096, provenance: dict | None = None, turns: int = 1,
+                  p_counterfactual: float = 0.0) -> dict:
     """Build, tokenize and shard every split in query_files; write manifest.json last; return it.
 
     turns applies to the train split only: validation stays one question per conversation, the evaluation format.
@@ -405,7 +446,8 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
     splits = {}
     for split, path in query_files.items():
         examples, stats = build_examples(load_queries(path), table, store, split, top_k, p_gold, max_doc_length, seed,
-                                         turns if split == "train" else 1)
+                                         turns if split == "train" else 1,
+                                         p_counterfactual if split == "train" else 0.0)
         encoded, too_long = [], 0
         for ex in tqdm(examples, desc=f"tokenize {split}", unit="ex"):
             enc = encode_example(tokenizer, ex["conversation"], ex["cited"], max_seq_len, max_doc_length)
@@ -427,7 +469,7 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
                      shards=write_shards(encoded, out, split, examples_per_shard), queries_sha256=sha256_file(path))
         splits[split] = stats
     manifest = {"format": "nanochat-raft-v1", "splits": splits, "seed": seed, "top_k": top_k, "p_gold": p_gold,
-                "max_seq_len": max_seq_len, "max_doc_length": max_doc_length, "turns": turns, "max_doc_length_unit": "words",
+                "max_seq_len": max_seq_len, "max_doc_length": max_doc_length, "turns": turns, "p_counterfactual": p_counterfactual, "max_doc_length_unit": "words",
                 "abstain_answer": ABSTAIN_ANSWER, "system_prompt": SYSTEM_PROMPT, **(provenance or {})}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
@@ -448,6 +490,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--base_tasks", default="auto", help="auto | smoltalk | none | comma-separated JSONL chat files")
     p.add_argument("--base_mix", type=float, default=0.0, help="general conversations per RAG example in train (0 = none)")
     p.add_argument("--turns", type=int, default=4, help="questions per training conversation (same entity, same documents)")
+    p.add_argument("--p_counterfactual", type=float, default=0.0,
+                   help="share of train examples whose answers are swapped (documents and targets) to force copying")
     p.add_argument("--examples_per_shard", type=int, default=4096, help="examples per .npz shard")
     p.add_argument("--output", required=True, help="dataset directory")
     return p
@@ -465,7 +509,8 @@ def main(argv=None) -> int:
                   "tokenizer_sha256": tokenizer_hash(args.tokenizer)}
     m = build_dataset(kb.chunks, table, files, Tokenizer.from_directory(args.tokenizer), args.output, args.top_k,
                       args.p_gold, args.max_seq_len, None if args.max_doc_length < 0 else args.max_doc_length,
-                      args.seed, args.base_tasks, args.base_mix, args.examples_per_shard, provenance, args.turns)
+                      args.seed, args.base_tasks, args.base_mix, args.examples_per_shard, provenance, args.turns,
+                      args.p_counterfactual)
     for split, s in m["splits"].items():
         print(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
     return 0

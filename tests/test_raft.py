@@ -151,3 +151,23 @@ def test_multi_turn_conversations_answer_from_the_same_documents(setup):
     assert n_multi > len(ex) // 2
     single, _ = build_examples(list(queries.values()), table, chunks, "train", top_k=2, p_gold=0.8, seed=0)
     assert all(len(e["conversation"]["messages"]) == 4 for e in single)
+
+
+def test_counterfactual_answers_are_swapped_in_documents_and_targets(setup):
+    d, chunks, table, files = setup
+    queries = {q["id"]: q for q in load_queries(files["train"])}
+    ex, stats = build_examples(list(queries.values()), table, chunks, "train", top_k=2, p_gold=1.0, seed=0,
+                               p_counterfactual=1.0)
+    assert stats["counterfactual"] == len(ex)
+    swapped = 0
+    for e in ex:
+        q = queries[e["query_id"]]
+        answer = e["conversation"]["messages"][-1]["content"]
+        new = answer.split(" [")[0].strip()
+        docs = _docs(e["conversation"])
+        assert contains_answer(docs[e["cited"][-1] - 1]["content"], [new])  # still answerable by copying
+        if new != q["answers"][0]:
+            swapped += 1
+            assert new.isdigit() == q["answers"][0].isdigit()
+            assert not any(contains_answer(x["content"], q["answers"]) for x in docs)
+    assert swapped > 0.9 * len(ex)
