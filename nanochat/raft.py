@@ -489,7 +489,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--base_tasks", default="auto", help="auto | smoltalk | none | comma-separated JSONL chat files")
     p.add_argument("--base_mix", type=float, default=0.0, help="general conversations per RAG example in train (0 = none)")
-    p.add_argument("--turns", type=int, default=4, help="questions per training conversation (same entity, same documents)")
+    p.add_argument("--turns", type=int, default=1, help="questions per training conversation (same entity, same documents)")
     p.add_argument("--p_counterfactual", type=float, default=0.0,
                    help="share of train examples whose answers are swapped (documents and targets) to force copying")
     p.add_argument("--examples_per_shard", type=int, default=4096, help="examples per .npz shard")
