@@ -79,8 +79,14 @@ def main(argv=None):
 
     kb = KnowledgeBase.load(args.knowledge_base)  # "Knowledge base not found: ..." when missing
     base_dir = get_base_dir(args.base_dir)
-    model, tokenizer, source_meta = load_model(args.source, device, phase="train", model_tag=args.model_tag,
-                                               step=args.step, base_dir=base_dir)
+    try:
+        model, tokenizer, source_meta = load_model(args.source, device, phase="train", model_tag=args.model_tag,
+                                                   step=args.step, base_dir=base_dir)
+    except FileNotFoundError as e:  # a fresh machine has no nanochat checkpoint yet: say how to make one
+        raise SystemExit(f"error: {e}\nNo '{args.source}' model to fine-tune. Train a small hybrid base model "
+                         f"from your documents first:\n  python -m scripts.tok_train --knowledge_base "
+                         f"{args.knowledge_base}\n  python -m scripts.base_train configs/base_tiny_cpu.py "
+                         f"--knowledge_base {args.knowledge_base}\nthen run this command with --source base.") from None
     require_mamba(model.config)  # "RAG requires Mamba or hybrid models" for pure transformers
     out_tag = args.output_tag or args.model_tag or source_meta.get("model_tag") or "rag"
     ckpt_dir = base_dir / "rag_checkpoints" / out_tag
