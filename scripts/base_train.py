@@ -48,12 +48,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def pack_rows(token_streams, row_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Concatenate documents (each starting with BOS) and cut into rows of row_len+1 tokens, all supervised."""
+def pack_rows(token_streams, row_len: int, min_rows: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Concatenate documents (each starting with BOS) and cut into rows of row_len+1 tokens, all supervised.
+
+    A corpus too small for min_rows rows is repeated, so a handful of documents still fills a batch.
+    """
     flat = np.concatenate([np.asarray(s, dtype=np.int32) for s in token_streams])
+    if len(flat) < min_rows * (row_len + 1):  # a tiny corpus (the guide's 10-document example): repeat it
+        flat = np.tile(flat, -(-min_rows * (row_len + 1) // len(flat)))
     n_rows = max(1, len(flat) // (row_len + 1))
-    if len(flat) < row_len + 1:  # tiny KB: repeat the text so one row exists
-        flat = np.tile(flat, (row_len + 1) // max(1, len(flat)) + 1)
     rows = flat[: n_rows * (row_len + 1)].reshape(n_rows, row_len + 1)
     return [(r, np.ones_like(r, dtype=np.uint8)) for r in rows]
 
@@ -77,7 +80,7 @@ def main(argv=None):
     bos = tokenizer.get_bos_token_id()
     texts = list(kb_texts(args.knowledge_base)) + list(extra_texts(args.extra_text))
     streams = tokenizer.encode(texts, prepend=bos)
-    rows = pack_rows(streams, args.max_seq_len)
+    rows = pack_rows(streams, args.max_seq_len, min_rows=args.device_batch_size * world_size)
     n_val = max(1, len(rows) // 20) if len(rows) >= 20 else 0
     train_rows, val_rows = rows[n_val:], rows[:n_val]
     print0(f"base_train: {len(texts)} texts -> {sum(len(s) for s in streams):,} tokens -> "
