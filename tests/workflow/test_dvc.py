@@ -40,27 +40,57 @@ def test_committed_dvc_yaml_matches_generator():
                                              "results/runs/synthetic_refrag/eval/metrics.json"]
 
 
+def dvc_outputs(work):
+    """Every file DVC tracks as a stage output or metric, per the generated dvc.yaml."""
+    stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
+    files = set()
+    for st in stages.values():
+        for out in st.get("outs", []) + st.get("metrics", []):
+            out = work / (out if isinstance(out, str) else next(iter(out)))
+            files |= set(out.rglob("*")) if out.is_dir() else {out}
+    return stages, {p for p in files if p.is_file()}
+
+
 @pytest.mark.slow
 def test_dvc_repro_push_pull_round_trip(tmp_path):
+    """Whole pipeline: repro on a fresh copy, no-op second repro, push/pull restores every output, Snakemake agrees."""
     work = copy_workflow(tmp_path / "work")
     run(work, sys.executable, "-m", "nanochat.workflow_tools", "dvc", "--configfile", TINY)
     run(work, "dvc", "init", "--no-scm", "-q")
-    run(work, "dvc", "repro", "knowledge_base")  # documents -> knowledge_base, through Snakemake
-    outs = list((work / "results").rglob("*"))
+    run(work, "dvc", "repro")  # every stage, documents -> report, each through Snakemake
+    stages, outs = dvc_outputs(work)
+    rel = {str(p.relative_to(work)) for p in outs}
+    for must in ("results/kb/tiny/bm25/manifest.json", "results/report/metrics.csv",
+                 "results/runs/tiny_rag/eval/metrics.json", "results/runs/tiny_refrag/eval/metrics.json"):
+        assert must in rel, f"{must} not a DVC output: {sorted(rel)}"
+    for ckpt in ("results/checkpoints/rag_checkpoints/tiny_rag", "results/checkpoints/refrag_checkpoints/tiny_refrag"):
+        assert any(r.startswith(ckpt + "/") and r.endswith(".pt") for r in rel), f"no checkpoint file under {ckpt}"
     before = digest(outs)
-    assert "results/kb/tiny/bm25/manifest.json" in {str(p.relative_to(work)) for p in outs}
-    assert "Stage 'knowledge_base' didn't change" in run(work, "dvc", "repro", "knowledge_base")
+
+    again = run(work, "dvc", "repro")
+    assert "Running stage" not in again, again[-3000:]
+    for name in stages:
+        assert f"Stage '{name}' didn't change" in again, f"{name} re-ran:\n{again[-3000:]}"
 
     run(work, "dvc", "remote", "add", "-d", "local", tmp_path / "remote")
     run(work, "dvc", "push")
-    shutil.rmtree(work / "results")
-    shutil.rmtree(work / ".dvc" / "cache")
-    run(work, "dvc", "pull", "documents", "knowledge_base")
-    assert digest(outs) == before
+    # A fresh clone: no results (KB dirs, checkpoints, metrics), no DVC cache, no Snakemake metadata.
+    for gone in ("results", ".dvc/cache", ".snakemake"):
+        shutil.rmtree(work / gone, ignore_errors=True)
+    assert not any(p.exists() for p in outs)
+    run(work, "dvc", "pull")
+    assert digest(outs) == before  # byte-identical, every file
+    assert "Data and pipelines are up to date" in run(work, "dvc", "status")
+
     # Restored files get fresh mtimes; --touch makes Snakemake accept them without re-running anything.
-    tiny = ("--configfile", TINY, "--replace-workflow-config", "results/kb/tiny/bm25/manifest.json")
+    tiny = ("--configfile", TINY, "--replace-workflow-config")
     snakemake(work, "--touch", "--cores", "1", *tiny)
-    assert dry_run(work, *tiny) == {}
+    assert dry_run(work, *tiny) == {}  # nothing to do: in particular no rag_finetune/refrag_finetune
+    assert digest(outs) == before
+    # ...and the dry run is not vacuous: without the checkpoint's marker (and the metrics it feeds) it retrains.
+    for lost in ("results/checkpoints/rag_checkpoints/tiny_rag/done.json", "results/runs/tiny_rag/eval/metrics.json"):
+        (work / lost).unlink()
+    assert dry_run(work, *tiny).get("rag_finetune") == 1
 
 
 @pytest.mark.slow
