@@ -390,15 +390,20 @@ class Mamba(nn.Module):
         return conv_state, ssm_state
 
     def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
-        assert self.layer_idx is not None, "Mamba needs layer_idx to keep its states in inference_params"
-        cache = inference_params.key_value_memory_dict
-        if self.layer_idx not in cache:
-            cache[self.layer_idx] = self.allocate_inference_cache(batch_size, inference_params.max_seqlen)
-        conv_state, ssm_state = cache[self.layer_idx]
-        if initialize_states:
-            conv_state.zero_()
-            ssm_state.zero_()
-        return conv_state, ssm_state
+        return _states_from_cache(self, inference_params, batch_size, initialize_states)
+
+
+def _states_from_cache(mixer, inference_params, batch_size, initialize_states=False):
+    """The (conv_state, ssm_state) a mixer keeps in inference_params, allocated on first use (mamba-ssm's rule)."""
+    assert mixer.layer_idx is not None, f"{type(mixer).__name__} needs layer_idx to keep its states in inference_params"
+    cache = inference_params.key_value_memory_dict
+    if mixer.layer_idx not in cache:
+        cache[mixer.layer_idx] = mixer.allocate_inference_cache(batch_size, inference_params.max_seqlen)
+    conv_state, ssm_state = cache[mixer.layer_idx]
+    if initialize_states:
+        conv_state.zero_()
+        ssm_state.zero_()
+    return conv_state, ssm_state
 
 
 class RMSNormGated(nn.Module):
@@ -564,15 +569,7 @@ class Mamba2(nn.Module):
         return conv_state, ssm_state
 
     def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
-        assert self.layer_idx is not None, "Mamba2 needs layer_idx to keep its states in inference_params"
-        cache = inference_params.key_value_memory_dict
-        if self.layer_idx not in cache:
-            cache[self.layer_idx] = self.allocate_inference_cache(batch_size, inference_params.max_seqlen)
-        conv_state, ssm_state = cache[self.layer_idx]
-        if initialize_states:
-            conv_state.zero_()
-            ssm_state.zero_()
-        return conv_state, ssm_state
+        return _states_from_cache(self, inference_params, batch_size, initialize_states)
 
 
 # -----------------------------------------------------------------------------
