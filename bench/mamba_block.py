@@ -1,11 +1,13 @@
-"""Forward+backward tokens/s of one mixer block on CPU, printed side by side.
+"""Forward+backward tokens/s of one mixer block, printed side by side.
 
-    python -m bench.mamba_block            # seqlen 256 and 1024, batch 8, d_model 256
+    python -m bench.mamba_block            # seqlen 256 and 1024, batch 8, d_model 256, CPU
     python -m bench.mamba_block --quick    # fewer iterations, for a smoke run
+    python -m bench.mamba_block --device cuda --d_model 1024 --seqlens 1024,4096   # adds mamba-ssm's kernels
 
 Compares the sequential reference scan, our chunked Mamba-1, our SSD Mamba-2 and a causal SDPA attention
 block of the same width (4 heads, qkv/out projections). Every block is `x + mixer(x)`.
-The result picks nanochat.mamba.DEFAULT_MAMBA_VERSION for CPU.
+The result picks nanochat.mamba.DEFAULT_MAMBA_VERSION for CPU. On CUDA (bf16 autocast) the sequential reference
+is left out and mamba-ssm's own Mamba / Mamba2 (fused kernels) are added when it is installed.
 """
 import time
 
@@ -14,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanochat.cli import ArgumentParser
-from nanochat.mamba import Mamba, Mamba2
+from nanochat.common import resolve_device
+from nanochat.mamba import HAS_MAMBA_SSM, Mamba, Mamba2, create_mamba_mixer
 
 
 class AttentionBlock(nn.Module):
@@ -42,33 +45,50 @@ class Residual(nn.Module):
         return x + self.mixer(x)
 
 
-def tokens_per_s(block, batch, seqlen, d_model, iters, warmup=1):
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def tokens_per_s(block, batch, seqlen, d_model, iters, warmup=1, device=torch.device("cpu")):
     """Best of `iters` forward+backward passes after `warmup`: (wall tokens/s, tokens per CPU-second).
 
     Best-of rather than mean because the machine is shared; the CPU-time figure (all threads of this process)
     is the steadier one when other jobs compete for the cores.
     """
-    x = torch.randn(batch, seqlen, d_model, requires_grad=True)
+    x = torch.randn(batch, seqlen, d_model, requires_grad=True, device=device)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     for _ in range(warmup):
-        block(x).square().mean().backward()
+        with ctx:
+            y = block(x)
+        y.float().square().mean().backward()
+    _sync(device)
     wall, cpu = [], []
     for _ in range(iters):
         t0, c0 = time.perf_counter(), time.process_time()
-        block(x).square().mean().backward()
+        with ctx:
+            y = block(x)
+        y.float().square().mean().backward()
+        _sync(device)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return batch * seqlen / min(wall), batch * seqlen / min(cpu)
 
 
-def build_blocks(d_model, d_state2, headdim, chunk_size):
-    seq = Mamba(d_model, d_state=16)
-    seq.chunked = False
-    return {
-        "sequential (Mamba-1 ref)": Residual(seq),
-        "Mamba-1 chunked": Residual(Mamba(d_model, d_state=16)),
-        "Mamba-2 SSD": Residual(Mamba2(d_model, d_state=d_state2, headdim=headdim, chunk_size=chunk_size)),
-        "attention (SDPA)": AttentionBlock(d_model, n_head=4),
-    }
+def build_blocks(d_model, d_state2, headdim, chunk_size, device=torch.device("cpu")):
+    kw2 = dict(d_state=d_state2, headdim=headdim, chunk_size=chunk_size)
+    blocks = {}
+    if device.type == "cpu":
+        seq = Mamba(d_model, d_state=16)
+        seq.chunked = False
+        blocks["sequential (Mamba-1 ref)"] = Residual(seq)
+    blocks["Mamba-1 chunked"] = Residual(Mamba(d_model, d_state=16))
+    blocks["Mamba-2 SSD"] = Residual(Mamba2(d_model, **kw2))
+    if device.type == "cuda" and HAS_MAMBA_SSM:
+        blocks["mamba-ssm Mamba (CUDA)"] = Residual(create_mamba_mixer(d_model, 1, 0, device=device, d_state=16))
+        blocks["mamba-ssm Mamba2 (Triton)"] = Residual(create_mamba_mixer(d_model, 2, 0, device=device, **kw2))
+    blocks["attention (SDPA)"] = AttentionBlock(d_model, n_head=max(1, d_model // 64))
+    return {name: block.to(device) for name, block in blocks.items()}
 
 
 def main(argv=None):
@@ -82,12 +102,14 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per block, best one kept (sequential: 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_bool("--quick", False, "short smoke run (1 iteration, no warmup)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     seqlens = [int(s) for s in args.seqlens.split(",")]
-    blocks = build_blocks(args.d_model, args.d_state2, args.headdim, args.chunk_size)
+    device = resolve_device(args.device)
+    blocks = build_blocks(args.d_model, args.d_state2, args.headdim, args.chunk_size, device)
     iters, warmup = (1, 0) if args.quick else (args.iters, 1)
     results = {name: {} for name in blocks}
     for L in seqlens:
@@ -95,8 +117,15 @@ def main(argv=None):
             if name.startswith("sequential"):  # the reference is slow: one untimed-warmup-free pass
                 results[name][L] = tokens_per_s(block, args.batch, L, args.d_model, 1, warmup=0)
             else:
-                results[name][L] = tokens_per_s(block, args.batch, L, args.d_model, iters, warmup=warmup)
-    print(f"forward+backward, CPU ({torch.get_num_threads()} threads), batch {args.batch}, d_model {args.d_model}, "
+                try:
+                    results[name][L] = tokens_per_s(block, args.batch, L, args.d_model, iters, warmup=warmup,
+                                                    device=device)
+                except Exception as e:  # e.g. mamba-ssm installed without its CUDA kernel: report, time the rest
+                    print(f"{name} at L={L}: not timed ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+                    results[name][L] = (float("nan"), float("nan"))
+    where = f"CUDA ({torch.cuda.get_device_name()}, bf16 autocast)" if device.type == "cuda" else \
+        f"CPU ({torch.get_num_threads()} threads)"
+    print(f"forward+backward, {where}, batch {args.batch}, d_model {args.d_model}, "
           f"Mamba-2 d_state {args.d_state2} headdim {args.headdim} chunk {args.chunk_size}; best of {iters}")
     attn = results["attention (SDPA)"]
     for k, metric in enumerate(["wall tokens/s", "tokens per CPU-second"]):

@@ -15,6 +15,7 @@ import torch
 from nanochat.cli import ArgumentParser
 from nanochat.engine import Engine
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.mamba import building_for
 
 CONFIGS = {
     "tiny": dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2, block_pattern="T,T,M,M", vocab_size=4096,
@@ -38,7 +39,8 @@ def build(spec, mamba_version):
     spec = dict(spec)
     batch = spec.pop("batch")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(mamba_version=mamba_version, mamba_headdim=32, **spec))
+    with building_for("cpu"):  # a CPU benchmark, also on a GPU host
+        model = GPT(GPTConfig(mamba_version=mamba_version, mamba_headdim=32, **spec))
     model.init_weights()
     return model, batch
 

@@ -39,11 +39,13 @@ def fake_examples(n: int, seq_len: int, vocab: int, answer_tokens: int = 12, see
 
 def bench_config(name: str, device, steps: int, warmup: int, peak_flops: float) -> dict:
     from nanochat.gpt import GPT, GPTConfig
+    from nanochat.mamba import building_for
     pattern, n_embd, n_head, seq_len, batch, vocab = CONFIGS[name]
     torch.manual_seed(0)
     cfg = GPTConfig(sequence_len=seq_len, vocab_size=vocab, n_layer=len(pattern.split(",")), n_head=n_head,
                     n_embd=n_embd, block_pattern=pattern)
-    model = GPT(cfg).to(device)
+    with building_for(device):
+        model = GPT(cfg).to(device)
     model.init_weights()
     optimizer = model.setup_optimizer(lr=1e-3)
     loss_model = T.SupervisedLoss(model)

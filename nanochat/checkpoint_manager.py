@@ -122,6 +122,7 @@ def load_checkpoint(checkpoint_dir, step: int, device, load_optimizer: bool = Fa
 def build_model(checkpoint_dir, step: int, device, phase: str, base_dir=None):
     """Checkpoint -> (model, tokenizer, meta). The model is built on "meta" then filled in place."""
     from nanochat.gpt import GPT, GPTConfig
+    from nanochat.mamba import building_for
     if phase not in ("train", "eval"):
         raise ValueError(f"phase must be 'train' or 'eval', got {phase!r}")
     device = resolve_device(device)
@@ -133,7 +134,7 @@ def build_model(checkpoint_dir, step: int, device, phase: str, base_dir=None):
     if "model_config" not in meta:
         raise ValueError(f"{_meta_path(checkpoint_dir, step)}: missing field 'model_config'")
     config = GPTConfig(**meta["model_config"])
-    with torch.device("meta"):
+    with building_for(device), torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
     model.init_weights()  # recomputes non-persistent buffers (rotary tables)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 # Cheap check only: importing mamba_ssm pulls in triton and CUDA extensions, so the real import is lazy.
 HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
+HAS_CAUSAL_CONV1D = importlib.util.find_spec("causal_conv1d") is not None
 DEFAULT_MAMBA_VERSION = 2
 # SSD block length on CPU. chunk_size only sets the blocking of mamba-ssm's kernel (the math is the same for any
 # block length); on CPU 64 measured fastest for d_state 16..64 (the intra-chunk part grows with T, the rest with L/T).
@@ -51,6 +53,7 @@ CPU_SSD_CHUNK = 64
 
 _IMPL = "auto"  # "auto" | "torch" | "cuda"; see set_mamba_impl
 _WARNED = False
+_TARGET_DEVICE = None  # see building_for
 
 
 def set_mamba_impl(impl: str) -> None:
@@ -59,6 +62,21 @@ def set_mamba_impl(impl: str) -> None:
     if impl not in ("auto", "torch", "cuda"):
         raise ValueError(f"mamba impl must be 'auto', 'torch' or 'cuda', got {impl!r}")
     _IMPL = impl
+
+
+@contextmanager
+def building_for(device):
+    """Mixers created inside (with no device of their own, e.g. on "meta") are chosen for `device`.
+
+    Models are often built on "meta" and moved later; without this a GPU host would pick mamba-ssm's kernels
+    even for a model that is about to run on the CPU.
+    """
+    global _TARGET_DEVICE
+    previous, _TARGET_DEVICE = _TARGET_DEVICE, torch.device(device)
+    try:
+        yield
+    finally:
+        _TARGET_DEVICE = previous
 
 
 @dataclass
@@ -164,7 +182,14 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, g_last):
+        with torch.autocast(device_type=ctx.saved_tensors[0].device.type, enabled=False):
+            return _SelectiveScan._backward(ctx, gy, g_last)
+
+    @staticmethod
+    def _backward(ctx, gy, g_last):
         u, delta, A, B, C, h = ctx.saved_tensors
+        gy = _at_least_fp32(gy) if gy is not None else None
+        g_last = _at_least_fp32(g_last) if g_last is not None else None
         gh = torch.zeros_like(h) if gy is None else gy.unsqueeze(-1) * C.unsqueeze(2)  # dL/dh_t, direct part
         if g_last is not None:
             gh[:, -1] += g_last
@@ -190,8 +215,17 @@ def selective_scan(u, delta, A, B, C, D, chunked=True):
     """
     if not chunked:
         return selective_scan_ref(u, delta, A, B, C, D)
-    y, last_state = _SelectiveScan.apply(u.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous())
-    return y + u * D, last_state
+    # the scan runs in fp32 whatever autocast says (as mamba-ssm's kernel does): exp/cumulative products in bf16
+    # lose the state, and mixed-dtype einsums in the hand-written backward would not type-check
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        u, delta, A, B, C, D = (_at_least_fp32(t) for t in (u, delta, A, B, C, D))
+        y, last_state = _SelectiveScan.apply(u.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous())
+        return y + u * D, last_state
+
+
+def _at_least_fp32(t):
+    """bf16/fp16 -> fp32; fp32 and fp64 (gradcheck) stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def selective_scan_ref(u, delta, A, B, C, D):
@@ -587,18 +621,26 @@ def _load_mamba_ssm(version):
 def create_mamba_mixer(d_model, version, layer_idx, device=None, dtype=None, **kw):
     """Mamba mixer for `version` 1 or 2: mamba-ssm's on CUDA when importable (and not overridden), else ours.
 
-    "On CUDA" means device is a cuda device, or device is None / "meta" on a host with a GPU (models are often
-    built first and moved later); pass device="cpu" to get ours on a GPU host.
+    "On CUDA" means device is a cuda device, or device is None / "meta" and the model is headed for the GPU: the
+    device named by an enclosing `building_for`, else any GPU on this host. Pass device="cpu" (or build inside
+    `building_for("cpu")`) to get ours on a GPU host.
     """
     global _WARNED
     if version not in (1, 2):
         raise ValueError(f"mamba version must be 1 or 2, got {version!r}")
     kind = torch.device(device).type if device is not None else None
-    on_cuda = kind == "cuda" or (kind in (None, "meta") and torch.cuda.is_available())  # built now, moved later
+    if kind in (None, "meta"):  # built now, moved later: to the declared target, else to the GPU if there is one
+        on_cuda = _TARGET_DEVICE.type == "cuda" if _TARGET_DEVICE is not None else torch.cuda.is_available()
+    else:
+        on_cuda = kind == "cuda"
     want_cuda = _IMPL == "cuda" or (_IMPL == "auto" and on_cuda)
     if want_cuda:
         try:
             cls = _load_mamba_ssm(version)
+            if version == 2 and not HAS_CAUSAL_CONV1D:
+                # mamba-ssm's fused split-conv-scan path needs causal-conv1d's kernel; without it Mamba2 still runs
+                # the Triton SSD scan, with nn.Conv1d for the convolution (same parameters, same checkpoint)
+                kw.setdefault("use_mem_eff_path", False)
             return cls(d_model, layer_idx=layer_idx, device=device, dtype=dtype, **kw)
         except (ImportError, OSError) as e:  # not installed, or built against another CUDA/torch
             if _IMPL == "cuda":

@@ -68,6 +68,7 @@ def main(argv=None):
     T.seed_everything(args.seed)
     n_threads = T.set_threads(args.num_threads, device)
     from nanochat.gpt import GPT, GPTConfig
+    from nanochat.mamba import building_for
     from nanochat.tokenizer import Tokenizer
     from nanochat.checkpoint_manager import save_checkpoint
     from nanochat.retrieval.kb import KnowledgeBase
@@ -91,7 +92,7 @@ def main(argv=None):
     pattern = (pattern * args.depth)[: args.depth]
     config = GPTConfig(sequence_len=args.max_seq_len, vocab_size=tokenizer.get_vocab_size(), n_layer=args.depth,
                        n_head=args.n_head, n_kv_head=args.n_head, n_embd=args.n_embd, block_pattern=",".join(pattern))
-    with torch.device("meta"):
+    with building_for(device), torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
     model.init_weights()

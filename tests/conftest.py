@@ -31,3 +31,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared data not found at {SHARED_DATA}: CI lays ../shared beside the checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _cpu_tests_build_cpu_mixers(request):
+    """Tests not marked `gpu` run their models on the CPU: on a GPU host with mamba-ssm installed, models built
+    without a device would otherwise get mamba-ssm's CUDA-only mixers."""
+    if "gpu" in request.keywords:
+        yield
+        return
+    from nanochat.mamba import building_for
+    with building_for("cpu"):
+        yield

@@ -19,12 +19,14 @@ def tok():
     return Tokenizer.train_from_iterator(CORPUS, vocab_size=300)
 
 
-def tiny_model(pattern="T,T"):
+def tiny_model(pattern="T,T", version=1):
     from nanochat.gpt import GPT, GPTConfig
+    from nanochat.mamba import building_for
     torch.manual_seed(0)
     config = GPTConfig(sequence_len=32, vocab_size=320, n_layer=2, n_head=2, n_embd=32,
-                       block_pattern=pattern, mamba_version=1)
-    model = GPT(config)
+                       block_pattern=pattern, mamba_version=version, mamba_headdim=16)
+    with building_for("cpu"):  # built and run on the CPU, also on a GPU host
+        model = GPT(config)
     model.init_weights()
     return model
 
@@ -167,10 +169,10 @@ def test_clear_errors(base_dir, tok, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("pattern", ["T,T", "T,M"])
-def test_cpu_checkpoint_loads_on_cuda(base_dir, tok, pattern):
+@pytest.mark.parametrize("pattern,version", [("T,T", 1), ("T,M", 1), ("T,M", 2)], ids=["T,T", "T,M-v1", "T,M-v2"])
+def test_cpu_checkpoint_loads_on_cuda(base_dir, tok, pattern, version):
     """Saved on CPU, loaded on the GPU (where T,M may build mamba-ssm's mixer: same keys required)."""
-    model = tiny_model(pattern).eval()
+    model = tiny_model(pattern, version).eval()
     save_tiny(base_dir, "rag", "d2", 1, model, tok)
     loaded, _, _ = load_model("rag", device="cuda", phase="eval")
     assert all(p.device.type == "cuda" for p in loaded.parameters())

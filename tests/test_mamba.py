@@ -31,7 +31,7 @@ def forward_and_grads(module, x):
     """Output and gradients w.r.t. the input and every parameter, for a fixed random projection of the output."""
     x = x.detach().requires_grad_(True)
     y = module(x)
-    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device)
     grads = torch.autograd.grad((y * w).sum(), [x] + list(module.parameters()))
     names = ["input"] + [n for n, _ in module.named_parameters()]
     return y.detach(), dict(zip(names, grads))
@@ -226,7 +226,12 @@ def test_missing_fast_path_on_cuda_warns_once(monkeypatch, caplog):
 gpu = pytest.mark.gpu
 requires_mamba_ssm = pytest.mark.skipif(not (torch.cuda.is_available() and M.HAS_MAMBA_SSM),
                                         reason="needs CUDA and mamba_ssm")
-GPU_CASES = [(1, dict(d_state=16)), (2, dict(d_state=64, headdim=32, chunk_size=64))]
+GPU_CASES = [
+    pytest.param(1, dict(d_state=16), id="v1"),
+    pytest.param(2, dict(d_state=64, headdim=32, chunk_size=64, use_mem_eff_path=False), id="v2-triton-ssd"),
+    pytest.param(2, dict(d_state=64, headdim=32, chunk_size=64), id="v2-fused",
+                 marks=pytest.mark.skipif(not M.HAS_CAUSAL_CONV1D, reason="fused path needs causal-conv1d")),
+]
 
 
 def _pair(version, kw):
@@ -262,7 +267,7 @@ def test_against_mamba_ssm_forward_backward(version, kw):
 
 @gpu
 @requires_mamba_ssm
-@pytest.mark.parametrize("version,kw", GPU_CASES)
+@pytest.mark.parametrize("version,kw", GPU_CASES[:2])
 def test_against_mamba_ssm_prefill_and_step(version, kw):
     theirs, ours = _pair(version, kw)
     x = torch.randn(2, 40, 64, device="cuda")
@@ -276,3 +281,19 @@ def test_against_mamba_ssm_prefill_and_step(version, kw):
                 ys.append(mixer(x[:, t:t + 1], inference_params=params))
             outs[name] = torch.cat(ys, dim=1)
     assert_close("vs mamba-ssm prefill+decode", outs["ours"], outs["theirs"], tol=2e-3)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_bf16_autocast_forward_backward_tracks_fp32(version):
+    """Training runs under bf16 autocast on GPUs: the mixers must run there and stay close to fp32."""
+    torch.manual_seed(0)
+    mixer = (Mamba if version == 1 else Mamba2)(32, layer_idx=0)
+    x = torch.randn(2, 48, 32)
+    ref_y, ref_g = forward_and_grads(mixer, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, g = forward_and_grads(mixer, x)
+    assert y.dtype == torch.bfloat16
+    assert (y.float() - ref_y).norm() <= 0.05 * ref_y.norm()
+    for name in ref_g:
+        assert torch.isfinite(g[name]).all(), name
+        assert (g[name].float() - ref_g[name]).norm() <= 0.1 * ref_g[name].norm() + 1e-6, name
