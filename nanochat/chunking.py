@@ -44,6 +44,11 @@ def _sentence_starts(text: str, spans: list[tuple[int, int]]) -> list[int]:
     return starts
 
 
+def split_sentences(text: str) -> list[str]:
+    """Sentences by the chunker's rule (a break after . ! ? and whitespace, or at a line break)."""
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+
+
 def chunk_spans(text: str, chunk_tokens: int = 256, overlap: int = 32) -> list[tuple[int, int]]:
     """Character spans (start, end) of the chunks of one text; see the module docstring."""
     if chunk_tokens < 1:

@@ -12,6 +12,8 @@ from collections import Counter
 
 # The one sentence RAFT targets use when the documents lack the answer (raft.py imports it).
 ABSTAIN_ANSWER = "The provided documents do not contain the answer."
+# Quote-style answers (raft.answer_target) put the supporting sentences first and the answer after this marker.
+ANSWER_MARKER = "Answer:"
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -29,9 +31,15 @@ def _as_list(answers) -> list[str]:
     return [answers] if isinstance(answers, str) else list(answers)
 
 
+def final_answer(text: str) -> str:
+    """The answer part of a response: what follows the last `Answer:` marker, else the whole text."""
+    text = str(text)
+    return text.rsplit(ANSWER_MARKER, 1)[1] if ANSWER_MARKER in text else text
+
+
 def exact_match(prediction: str, answers) -> float:
-    """1.0 if the normalised prediction equals any normalised gold answer (citations removed)."""
-    pred = normalize_answer(strip_citations(prediction))
+    """1.0 if the normalised final answer equals any normalised gold answer (citations removed)."""
+    pred = normalize_answer(strip_citations(final_answer(prediction)))
     return float(any(pred == normalize_answer(a) for a in _as_list(answers)))
 
 
@@ -48,7 +56,7 @@ def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
 
 def f1_score(prediction: str, answers) -> float:
     """Token-overlap F1, max over gold answers (citations removed first)."""
-    pred = normalize_answer(strip_citations(prediction)).split()
+    pred = normalize_answer(strip_citations(final_answer(prediction))).split()
     golds = _as_list(answers)
     if not golds:
         return 0.0
@@ -121,7 +129,7 @@ def is_unsupported(answer: str, documents: list) -> bool:
     """
     if is_abstention(answer):
         return False
-    core = normalize_answer(strip_citations(answer))
+    core = normalize_answer(strip_citations(final_answer(answer)))
     if not core:
         return False
     return not any(contains_answer(_doc_text(d), [core]) for d in documents)

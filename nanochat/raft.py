@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from nanochat.cli import ArgumentParser
 from nanochat.common import atomic_path, atomic_write_json, sha256_file, sha256_text
-from nanochat.qa_metrics import ABSTAIN_ANSWER, contains_answer
+from nanochat.chunking import split_sentences
+from nanochat.qa_metrics import ABSTAIN_ANSWER, ANSWER_MARKER, contains_answer
 from nanochat.queries import load_queries
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,38 @@ def build_conversation(question: str, documents: list[dict], answer: str | None 
     return {"messages": messages}
 
 
-def answer_target(answer: str, cited: list[int]) -> str:
+def answer_target(answer: str, cited: list[int], quotes: list[str] | None = None) -> str:
     """Assistant text for an answer: a leading space makes the answer tokenize exactly as it does inside a
-    document (" Hilluxlom" is one BPE token, "Hilluxlom" is two others), so answering is a literal copy."""
-    return f" {answer.strip()} " + " ".join(f"[{n}]" for n in cited)
+    document (" Hilluxlom" is one BPE token, "Hilluxlom" is two others), so answering is a literal copy.
+
+    With quotes (RAFT's chain of thought): the supporting sentences first, verbatim, then `Answer: <answer>`.
+    Each step is then a copy the model can find by matching what it has just written against the documents,
+    instead of one jump from the question to the answer span; evaluation scores the part after `Answer:`.
+    """
+    cites = " ".join(f"[{n}]" for n in cited)
+    if quotes:
+        return " " + " ".join(quotes) + f" {cites}\n{ANSWER_MARKER} {answer.strip()} {cites}"
+    return f" {answer.strip()} {cites}"
+
+
+def supporting_quotes(docs: list[dict], cited: list[int], answers: list[str]) -> list[str] | None:
+    """Verbatim sentences that carry the answer, one per cited document in hop order, or None.
+
+    The last document's sentence is the first one holding the answer; an earlier (bridge) document's is the
+    first one naming the next document's title. None when any of them cannot be found in the shown text.
+    """
+    quotes = []
+    for i, n in enumerate(cited):
+        doc = docs[n - 1]
+        if i == len(cited) - 1:
+            found = [x for x in split_sentences(doc["content"]) if contains_answer(x, answers)]
+        else:
+            nxt = docs[cited[i + 1] - 1]["title"].removeprefix("The ").strip()
+            found = [x for x in split_sentences(doc["content"]) if nxt and nxt in x]
+        if not found:
+            return None
+        quotes.append(found[0])
+    return quotes
 
 
 def _dedupe(hits):
@@ -105,7 +134,7 @@ def _dedupe(hits):
 
 
 def make_example(query: dict, hits: list, store: ChunkStore, top_k: int, with_gold: bool,
-                 rng: random.Random, max_doc_length: int | None):
+                 rng: random.Random, max_doc_length: int | None, answer_style: str = "short"):
     """One RAFT example -> (conversation, cited doc positions) or None when it cannot be built."""
     answers = query["answers"]
     if not answers:
@@ -142,11 +171,16 @@ def make_example(query: dict, hits: list, store: ChunkStore, top_k: int, with_go
     docs = [store.doc(c, s, max_doc_length) for c, _, s in chosen]
     order = [c for c, _, _ in chosen]
     cited = [order.index(c) + 1 for c in needed]
-    target = answer_target(answers[0], cited) if with_gold else ABSTAIN_ANSWER
+    if not with_gold:
+        target = ABSTAIN_ANSWER
+    else:
+        quotes = supporting_quotes(docs, cited, answers) if answer_style == "quote" else None
+        target = answer_target(answers[0], cited, quotes)
     return build_conversation(query["question"], docs, target), cited
 
 
-def extra_turns(chosen_docs: list[dict], store: "ChunkStore", others: list[dict], max_extra: int) -> tuple[list, list]:
+def extra_turns(chosen_docs: list[dict], store: "ChunkStore", others: list[dict], max_extra: int,
+                answer_style: str = "short") -> tuple[list, list]:
     """Further questions answerable (or provably not) from the same documents -> ([(q, a)], cited positions).
 
     Denser supervision: one forward pass carries several copy targets instead of one ~4-token answer.
@@ -166,7 +200,8 @@ def extra_turns(chosen_docs: list[dict], store: "ChunkStore", others: list[dict]
             if not contains_answer(last, q["answers"]):
                 continue
             pos = [shown[g] for g in gold]
-            turns.append((q["question"], answer_target(q["answers"][0], pos)))
+            quotes = supporting_quotes(chosen_docs, pos, q["answers"]) if answer_style == "quote" else None
+            turns.append((q["question"], answer_target(q["answers"][0], pos, quotes)))
             cited += pos
         elif not any(g in shown for g in gold):
             turns.append((q["question"], ABSTAIN_ANSWER))
@@ -208,7 +243,7 @@ def counterfactual(conv: dict, pool: dict, rng: random.Random) -> dict:
 
 def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFrame, split: str, top_k: int = 5,
                    p_gold: float = 0.8, max_doc_length: int | None = 300, seed: int = 0,
-                   turns: int = 1, p_counterfactual: float = 0.0) -> tuple[list, dict]:
+                   turns: int = 1, p_counterfactual: float = 0.0, answer_style: str = "short") -> tuple[list, dict]:
     """RAFT conversations for one split -> (examples, stats). Seeded per query (stable under edits).
 
     turns > 1: each conversation also asks up to turns-1 other questions of the same split about the same
@@ -236,7 +271,7 @@ def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFram
         if not hits:
             stats["no_retrieval"] += 1
         with_gold = rng.random() < p_gold
-        made = make_example(q, hits, store, top_k, with_gold, rng, max_doc_length)
+        made = make_example(q, hits, store, top_k, with_gold, rng, max_doc_length, answer_style)
         if made is None:
             stats["skipped"] += 1
             continue
@@ -245,7 +280,7 @@ def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFram
             key = q.get("entity") or ((q.get("doc_ids") or [None])[0])
             others = [o for o in by_entity.get(key, []) if o["id"] != q["id"]]
             rng.shuffle(others)
-            more, more_cited = extra_turns(conv["messages"][1]["documents"], store, others, turns - 1)
+            more, more_cited = extra_turns(conv["messages"][1]["documents"], store, others, turns - 1, answer_style)
             conv["messages"] += [m for qq, a in more for m in ({"role": "user", "content": qq},
                                                                {"role": "assistant", "content": a})]
             cited = sorted(set(cited) | set(more_cited))
@@ -434,7 +469,7 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
                   top_k: int = 5, p_gold: float = 0.8, max_seq_len: int = 512, max_doc_length: int | None = 300,
                   seed: int = 0, base_tasks: str | None = None, base_mix: float = 0.0,
                   examples_per_shard: int = 4096, provenance: dict | None = None, turns: int = 1,
-                  p_counterfactual: float = 0.0) -> dict:
+                  p_counterfactual: float = 0.0, answer_style: str = "short") -> dict:
     """Build, tokenize and shard every split in query_files; write manifest.json last; return it.
 
     turns applies to the train split only: validation stays one question per conversation, the evaluation format.
@@ -447,7 +482,7 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
     for split, path in query_files.items():
         examples, stats = build_examples(load_queries(path), table, store, split, top_k, p_gold, max_doc_length, seed,
                                          turns if split == "train" else 1,
-                                         p_counterfactual if split == "train" else 0.0)
+                                         p_counterfactual if split == "train" else 0.0, answer_style)
         encoded, too_long = [], 0
         for ex in tqdm(examples, desc=f"tokenize {split}", unit="ex"):
             enc = encode_example(tokenizer, ex["conversation"], ex["cited"], max_seq_len, max_doc_length)
@@ -492,6 +527,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--turns", type=int, default=1, help="questions per training conversation (same entity, same documents)")
     p.add_argument("--p_counterfactual", type=float, default=0.0,
                    help="share of train examples whose answers are swapped (documents and targets) to force copying")
+    p.add_argument("--answer_style", default="short", choices=["short", "quote"],
+                   help="short: ' <answer> [n]'; quote: the supporting sentences verbatim, then 'Answer: <answer> [n]'")
     p.add_argument("--examples_per_shard", type=int, default=4096, help="examples per .npz shard")
     p.add_argument("--output", required=True, help="dataset directory")
     return p
@@ -510,7 +547,7 @@ def main(argv=None) -> int:
     m = build_dataset(kb.chunks, table, files, Tokenizer.from_directory(args.tokenizer), args.output, args.top_k,
                       args.p_gold, args.max_seq_len, None if args.max_doc_length < 0 else args.max_doc_length,
                       args.seed, args.base_tasks, args.base_mix, args.examples_per_shard, provenance, args.turns,
-                      args.p_counterfactual)
+                      args.p_counterfactual, args.answer_style)
     for split, s in m["splits"].items():
         print(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
     return 0

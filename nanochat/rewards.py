@@ -71,7 +71,7 @@ def compute_reward(answer: str, answers: list[str], documents: list[dict], gold_
     Returns {"reward", "f1", "em", "recall", "citation", "empty", "unsupported", "long", "abstained"}.
     """
     gold_doc_ids = list(gold_doc_ids or [])
-    text = M.strip_citations(answer or "")
+    text = M.strip_citations(M.final_answer(answer or ""))  # quote-style answers: the part after Answer:
     f1 = M.f1_score(text, answers) if answers else 0.0
     em = M.exact_match(text, answers) if answers else 0.0
     recall = retrieval_recall(documents, gold_doc_ids)

@@ -171,3 +171,34 @@ def test_counterfactual_answers_are_swapped_in_documents_and_targets(setup):
             assert new.isdigit() == q["answers"][0].isdigit()
             assert not any(contains_answer(x["content"], q["answers"]) for x in docs)
     assert swapped > 0.9 * len(ex)
+
+
+def test_quote_answers_quote_the_shown_documents_verbatim_and_score_on_the_answer(setup):
+    from nanochat.chunking import split_sentences
+    from nanochat.qa_metrics import ANSWER_MARKER, exact_match, f1_score, final_answer
+    d, chunks, table, files = setup
+    queries = {q["id"]: q for q in load_queries(files["train"])}
+    ex, _ = build_examples(list(queries.values()), table, chunks, "train", top_k=3, p_gold=0.8, seed=0,
+                           answer_style="quote")
+    seen_hops = set()
+    for e in ex:
+        q, docs = queries[e["query_id"]], _docs(e["conversation"])
+        answer = e["conversation"]["messages"][-1]["content"]
+        if not e["with_gold"]:
+            assert answer == ABSTAIN_ANSWER
+            continue
+        head, tail = answer.split("\n" + ANSWER_MARKER)
+        assert exact_match(answer, q["answers"]) == 1.0 and f1_score(answer, q["answers"]) == 1.0
+        assert final_answer(answer).strip().startswith(q["answers"][0])
+        # every quoted sentence is a sentence of a cited document, the last one holds the answer
+        cited_sentences = [s for n in e["cited"] for s in split_sentences(docs[n - 1]["content"])]
+        quoted = head.rsplit(" [", len(e["cited"]))[0].strip()
+        parts = [s for s in cited_sentences if s in quoted]
+        assert " ".join(parts) == quoted and len(parts) == len(e["cited"])
+        assert contains_answer(parts[-1], q["answers"])
+        seen_hops.add(q["hops"])
+    assert seen_hops == {1, 2}
+    # short style (the default) is unchanged, and a plain short answer scores as before
+    short, _ = build_examples(list(queries.values())[:20], table, chunks, "train", top_k=3, p_gold=1.0, seed=0)
+    assert all(ANSWER_MARKER not in e["conversation"]["messages"][-1]["content"] for e in short)
+    assert exact_match("Wexlux [1]", ["wexlux"]) == 1.0 and exact_match(f"Wexlux was. [1]\n{ANSWER_MARKER} 1990", ["1990"])
