@@ -36,6 +36,26 @@ def build_model(pattern: str, n_embd: int, n_head: int, seq_len: int, vocab: int
     return model
 
 
+def fit(model, next_batch, args, evaluate) -> list[dict]:
+    """The rag_finetune step (SupervisedLoss, AdamW, warmup + warmdown) with `evaluate(model)` every eval_every."""
+    opt = model.setup_optimizer(lr=args.lr)
+    loss_model = T.SupervisedLoss(model)
+    rows, t0 = [], time.perf_counter()
+    for step in range(1, args.steps + 1):
+        T.set_lr(opt, T.lr_multiplier(step - 1, args.steps, args.warmup_steps))
+        x, y = next_batch(step)
+        loss = loss_model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % args.eval_every == 0 or step == args.steps:
+            r = {"step": step, "loss": loss.item(), **evaluate(model), "seconds": time.perf_counter() - t0}
+            rows.append(r)
+            scores = "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k not in ("step", "loss", "seconds"))
+            print(f"step {step:>5} loss {r['loss']:.3f} | {scores} | {r['seconds']:.0f}s", flush=True)
+    return rows
+
+
 def answer_span(tokens: list[str]) -> tuple[int, int]:
     """(start, end) of the final answer among the supervised tokens: after `Answer:`, before ` [n]`."""
     text, start = "", 0
@@ -76,35 +96,19 @@ def train_probe(args) -> list[dict]:
     train = [tr[i] for i in range(len(tr))]
     val = [va[i] for i in range(min(len(va), args.n_val))]
     model = build_model(args.pattern, args.n_embd, args.n_head, args.max_seq_len, tokenizer.get_vocab_size())
-    opt = model.setup_optimizer(lr=args.lr)
-    loss_model = T.SupervisedLoss(model)
     answers = T.ShardLoader(train, args.batch, args.max_seq_len, seed=args.seed)
     every_token = T.ShardLoader([(i, np.ones_like(m)) for i, m in train], args.batch, args.max_seq_len,
                                 seed=args.seed + 1)
-    print(f"{len(train)} train / {len(val)} val examples, {model.num_params() / 1e6:.2f}M params, {args.pattern}")
-    rows, t0 = [], time.perf_counter()
-    for step in range(1, args.steps + 1):
-        T.set_lr(opt, T.lr_multiplier(step - 1, args.steps, args.warmup_steps))
-        x, y = (every_token if step <= args.lm_steps else answers).next_batch()
-        loss = loss_model(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % args.eval_every == 0 or step == args.steps:
-            r = {"step": step, "loss": loss.item(), **teacher_forced_scores(model, tokenizer, val, args.max_seq_len),
-                 "seconds": time.perf_counter() - t0}
-            rows.append(r)
-            print(f"step {step:>5} loss {r['loss']:.3f} | val answer {r['answer']:.3f}  all {r['all']:.3f}  "
-                  f"(abstention share, the floor: {r['abstain_share']:.3f}) | {r['seconds']:.0f}s", flush=True)
-    return rows
+    print(f"{len(train)} train / {len(val)} val examples, {model.num_params() / 1e6:.2f}M params, {args.pattern}; "
+          "val 'answer' vs its floor 'abstain_share'")
+    return fit(model, lambda step: (every_token if step <= args.lm_steps else answers).next_batch(), args,
+               lambda m: teacher_forced_scores(m, tokenizer, val, args.max_seq_len))
 
 
 def induction_probe(args) -> list[dict]:
     """Random tokens, a separator, the same tokens again: loss on the repeat only."""
     vocab, half = 512, 24
     model = build_model(args.pattern, args.n_embd, args.n_head, 2 * half + 2, vocab)
-    opt = model.setup_optimizer(lr=args.lr)
-    loss_model = T.SupervisedLoss(model)
     gen = torch.Generator().manual_seed(args.seed)
 
     def batch(n):
@@ -114,23 +118,13 @@ def induction_probe(args) -> list[dict]:
         y[:, : half + 1] = -1
         return x, y
 
-    rows, t0 = [], time.perf_counter()
-    for step in range(1, args.steps + 1):
-        T.set_lr(opt, T.lr_multiplier(step - 1, args.steps, args.warmup_steps))
-        x, y = batch(32)
-        loss = loss_model(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % args.eval_every == 0 or step == args.steps:
-            with torch.no_grad():
-                x, y = batch(256)
-                keep = y != -1
-                acc = (model(x).argmax(-1)[keep] == y[keep]).float().mean().item()
-            rows.append({"step": step, "loss": loss.item(), "copy_accuracy": acc})
-            print(f"step {step:>5} loss {loss.item():.3f} | copy accuracy {acc:.3f} | "
-                  f"{time.perf_counter() - t0:.0f}s", flush=True)
-    return rows
+    @torch.no_grad()
+    def copy_accuracy(m):
+        x, y = batch(256)
+        keep = y != -1
+        return {"copy_accuracy": (m(x).argmax(-1)[keep] == y[keep]).float().mean().item()}
+
+    return fit(model, lambda step: batch(32), args, copy_accuracy)
 
 
 def main(argv=None):

@@ -45,8 +45,10 @@ def _sentence_starts(text: str, spans: list[tuple[int, int]]) -> list[int]:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences by the chunker's rule (a break after . ! ? and whitespace, or at a line break)."""
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+    """The text's sentences, cut where the chunker may cut (`_sentence_starts`), verbatim."""
+    spans = [m.span() for m in TOKEN_RE.finditer(text)]
+    starts = _sentence_starts(text, spans) + [len(spans)] if spans else []
+    return [text[spans[a][0]:spans[b - 1][1]] for a, b in zip(starts, starts[1:])]
 
 
 def chunk_spans(text: str, chunk_tokens: int = 256, overlap: int = 32) -> list[tuple[int, int]]:
