@@ -243,12 +243,13 @@ def counterfactual(conv: dict, pool: dict, rng: random.Random) -> dict:
 
 def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFrame, split: str, top_k: int = 5,
                    p_gold: float = 0.8, max_doc_length: int | None = 300, seed: int = 0,
-                   turns: int = 1, p_counterfactual: float = 0.0, answer_style: str = "short") -> tuple[list, dict]:
+                   turns: int = 1, p_counterfactual: float = 0.0, answer_style: str = "short",
+                   turn_scope: str = "entity") -> tuple[list, dict]:
     """RAFT conversations for one split -> (examples, stats). Seeded per query (stable under edits).
 
-    turns > 1: each conversation also asks up to turns-1 other questions of the same split about the same
-    entity (its `entity` field, else its first gold document) -- multi-turn RAFT -- answered from (or
-    abstaining on) the same retrieved documents. p_counterfactual: share of examples whose answers are swapped
+    turns > 1: each conversation also asks up to turns-1 other questions of the same split -- multi-turn RAFT --
+    answered from (or abstaining on) the same retrieved documents. turn_scope "entity": questions about the same
+    entity (its `entity` field, else its first gold document); "shown": questions about any shown document. p_counterfactual: share of examples whose answers are swapped
     for other answers of the same shape in documents and targets alike (see `counterfactual`).
     """
     if not 0.0 <= p_gold <= 1.0:
@@ -260,11 +261,14 @@ def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFram
     pool: dict[tuple, list[str]] = {}
     for a in sorted({q["answers"][0].strip() for q in queries if q.get("answers")}) if p_counterfactual > 0 else []:
         pool.setdefault(_shape(a), []).append(a)
-    by_entity: dict[str, list[dict]] = {}
+    by_entity: dict[str, list[dict]] = {}  # entity (or first gold document) -> its questions
+    by_doc: dict[str, list[dict]] = {}  # gold document -> questions it helps answer
     for q in queries if turns > 1 else []:
         key = q.get("entity") or ((q.get("doc_ids") or [None])[0])
         if key is not None:
             by_entity.setdefault(key, []).append(q)
+        for g in q.get("doc_ids") or []:
+            by_doc.setdefault(g, []).append(q)
     for q in queries:
         rng = random.Random(f"{seed}:{split}:{q['id']}")
         hits = by_q.get(q["id"], [])
@@ -277,8 +281,12 @@ def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFram
             continue
         conv, cited = made
         if turns > 1:
-            key = q.get("entity") or ((q.get("doc_ids") or [None])[0])
-            others = [o for o in by_entity.get(key, []) if o["id"] != q["id"]]
+            if turn_scope == "entity":
+                key = q.get("entity") or ((q.get("doc_ids") or [None])[0])
+                others = [o for o in by_entity.get(key, []) if o["id"] != q["id"]]
+            else:  # any question about a shown document: the turns must tell the documents apart
+                shown = dict.fromkeys(store.rows[d["id"]]["doc_id"] for d in conv["messages"][1]["documents"])
+                others = list({o["id"]: o for g in shown for o in by_doc.get(g, []) if o["id"] != q["id"]}.values())
             rng.shuffle(others)
             more, more_cited = extra_turns(conv["messages"][1]["documents"], store, others, turns - 1, answer_style)
             conv["messages"] += [m for qq, a in more for m in ({"role": "user", "content": qq},
@@ -469,7 +477,7 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
                   top_k: int = 5, p_gold: float = 0.8, max_seq_len: int = 512, max_doc_length: int | None = 300,
                   seed: int = 0, base_tasks: str | None = None, base_mix: float = 0.0,
                   examples_per_shard: int = 4096, provenance: dict | None = None, turns: int = 1,
-                  p_counterfactual: float = 0.0, answer_style: str = "short") -> dict:
+                  p_counterfactual: float = 0.0, answer_style: str = "short", turn_scope: str = "entity") -> dict:
     """Build, tokenize and shard every split in query_files; write manifest.json last; return it.
 
     turns applies to the train split only: validation stays one question per conversation, the evaluation format.
@@ -482,7 +490,7 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
     for split, path in query_files.items():
         examples, stats = build_examples(load_queries(path), table, store, split, top_k, p_gold, max_doc_length, seed,
                                          turns if split == "train" else 1,
-                                         p_counterfactual if split == "train" else 0.0, answer_style)
+                                         p_counterfactual if split == "train" else 0.0, answer_style, turn_scope)
         encoded, too_long = [], 0
         for ex in tqdm(examples, desc=f"tokenize {split}", unit="ex"):
             enc = encode_example(tokenizer, ex["conversation"], ex["cited"], max_seq_len, max_doc_length)
@@ -525,6 +533,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--base_tasks", default="auto", help="auto | smoltalk | none | comma-separated JSONL chat files")
     p.add_argument("--base_mix", type=float, default=0.0, help="general conversations per RAG example in train (0 = none)")
     p.add_argument("--turns", type=int, default=1, help="questions per training conversation (same entity, same documents)")
+    p.add_argument("--turn_scope", default="entity", choices=["entity", "shown"],
+                   help="extra turns ask about the same entity, or about any shown document")
     p.add_argument("--p_counterfactual", type=float, default=0.0,
                    help="share of train examples whose answers are swapped (documents and targets) to force copying")
     p.add_argument("--answer_style", default="short", choices=["short", "quote"],
@@ -547,7 +557,7 @@ def main(argv=None) -> int:
     m = build_dataset(kb.chunks, table, files, Tokenizer.from_directory(args.tokenizer), args.output, args.top_k,
                       args.p_gold, args.max_seq_len, None if args.max_doc_length < 0 else args.max_doc_length,
                       args.seed, args.base_tasks, args.base_mix, args.examples_per_shard, provenance, args.turns,
-                      args.p_counterfactual, args.answer_style)
+                      args.p_counterfactual, args.answer_style, args.turn_scope)
     for split, s in m["splits"].items():
         print(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
     return 0

@@ -202,3 +202,25 @@ def test_quote_answers_quote_the_shown_documents_verbatim_and_score_on_the_answe
     short, _ = build_examples(list(queries.values())[:20], table, chunks, "train", top_k=3, p_gold=1.0, seed=0)
     assert all(ANSWER_MARKER not in e["conversation"]["messages"][-1]["content"] for e in short)
     assert exact_match("Wexlux [1]", ["wexlux"]) == 1.0 and exact_match(f"Wexlux was. [1]\n{ANSWER_MARKER} 1990", ["1990"])
+
+
+def test_turn_scope_shown_asks_about_every_shown_document(setup):
+    d, chunks, table, files = setup
+    queries = {q["id"]: q for q in load_queries(files["train"])}
+    by_question = {q["question"]: q for q in queries.values()}
+    ex, stats = build_examples(list(queries.values()), table, chunks, "train", top_k=2, p_gold=1.0, seed=0,
+                               turns=6, turn_scope="shown")
+    entity_only, _ = build_examples(list(queries.values()), table, chunks, "train", top_k=2, p_gold=1.0, seed=0,
+                                    turns=6)
+    assert stats["extra_turns"] > sum(len(e["conversation"]["messages"]) - 4 for e in entity_only) // 2
+    other_entity = 0
+    for e in ex:
+        msgs, docs = e["conversation"]["messages"], _docs(e["conversation"])
+        doc_of = [x["id"].split("#")[0] for x in docs]
+        first = queries[e["query_id"]]
+        for i in range(4, len(msgs), 2):
+            q, answer = by_question[msgs[i]["content"]], msgs[i + 1]["content"]
+            assert set(q["doc_ids"]) <= set(doc_of)  # every extra turn is answerable from the shown documents
+            assert [doc_of[n - 1] for n in parse_citations(answer)] == q["doc_ids"]
+            other_entity += q["doc_ids"][0] != first["doc_ids"][0]
+    assert other_entity > len(ex) // 4  # the turns are not all about the first question's entity
