@@ -27,9 +27,9 @@ from nanochat.gpt import GPT, GPTConfig
 from nanochat.mamba import building_for
 
 
-def build_model(pattern: str, n_embd: int, n_head: int, seq_len: int, vocab: int):
+def build_model(pattern: str, n_embd: int, n_head: int, seq_len: int, vocab: int, copy_head: bool = False):
     cfg = GPTConfig(sequence_len=seq_len, vocab_size=vocab, n_layer=len(pattern.split(",")), n_head=n_head,
-                    n_kv_head=n_head, n_embd=n_embd, block_pattern=pattern)
+                    n_kv_head=n_head, n_embd=n_embd, block_pattern=pattern, copy_head=copy_head)
     with building_for("cpu"):
         model = GPT(cfg)
     model.init_weights()
@@ -95,7 +95,8 @@ def train_probe(args) -> list[dict]:
     tr, va = load_dataset_shards(args.data, "train"), load_dataset_shards(args.data, "val")
     train = [tr[i] for i in range(len(tr))]
     val = [va[i] for i in range(min(len(va), args.n_val))]
-    model = build_model(args.pattern, args.n_embd, args.n_head, args.max_seq_len, tokenizer.get_vocab_size())
+    model = build_model(args.pattern, args.n_embd, args.n_head, args.max_seq_len, tokenizer.get_vocab_size(),
+                        args.copy_head)
     answers = T.ShardLoader(train, args.batch, args.max_seq_len, seed=args.seed)
     every_token = T.ShardLoader([(i, np.ones_like(m)) for i, m in train], args.batch, args.max_seq_len,
                                 seed=args.seed + 1)
@@ -108,7 +109,7 @@ def train_probe(args) -> list[dict]:
 def induction_probe(args) -> list[dict]:
     """Random tokens, a separator, the same tokens again: loss on the repeat only."""
     vocab, half = 512, 24
-    model = build_model(args.pattern, args.n_embd, args.n_head, 2 * half + 2, vocab)
+    model = build_model(args.pattern, args.n_embd, args.n_head, 2 * half + 2, vocab, args.copy_head)
     gen = torch.Generator().manual_seed(args.seed)
 
     def batch(n):
@@ -133,6 +134,7 @@ def main(argv=None):
     p.add_argument("--tokenizer", default=None, help="tokenizer directory the dataset was built with")
     p.add_bool("--induction", False, "run the random-token copy check instead")
     p.add_argument("--pattern", default="T,T,M,M", help="block pattern")
+    p.add_bool("--copy_head", False, "pointer-generator output (nanochat.copy_head)")
     p.add_argument("--n_embd", type=int, default=128, help="width")
     p.add_argument("--n_head", type=int, default=4, help="attention heads")
     p.add_argument("--max_seq_len", type=int, default=256, help="tokens per example")

@@ -32,6 +32,7 @@ class InferenceCache:
         self.kv = {}  # layer_idx -> (k, v), each (B, Hkv, max_seqlen, D), allocated on first use
         self.mamba_params = InferenceParams(max_seqlen=max_seqlen, max_batch_size=batch_size,
                                             seqlen_offset=0, key_value_memory_dict={})
+        self.copy_context = None  # (keys (B, T, C), ids (B, T)) of the copy head, when the model has one
 
     def get_pos(self):
         return self.pos
@@ -62,6 +63,8 @@ class InferenceCache:
         other = InferenceCache(num_samples, self.max_seqlen)
         other.advance(self.pos)
         other.kv = {i: (rep(k), rep(v)) for i, (k, v) in self.kv.items()}
+        if self.copy_context is not None:
+            other.copy_context = tuple(rep(t) for t in self.copy_context)
         other.mamba_params.key_value_memory_dict = {
             i: tuple(rep(s) for s in states) for i, states in self.mamba_params.key_value_memory_dict.items()
         }

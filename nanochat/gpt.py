@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanochat.blocks import BLOCKS, build_block, norm
+from nanochat.copy_head import CopyHead
 
 SOFTCAP = 15  # logits = SOFTCAP * tanh(logits / SOFTCAP), as nanochat
 
@@ -32,6 +33,7 @@ class GPTConfig:
     mamba_d_conv: int = 4
     mamba_expand: int = 2
     mamba_headdim: int = 64                  # Mamba2 only
+    copy_head: bool = False                  # pointer-generator output (nanochat.copy_head): copy from context
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -104,6 +106,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([build_block(kind, config, i) for i, kind in enumerate(config.block_pattern)]),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.copy_head = CopyHead(config.n_embd) if config.copy_head else None
         # rotary tables for 10x the training length (cheap), so generation may run past sequence_len
         self.rotary_seq_len = config.sequence_len * 10
         head_dim = config.n_embd // config.n_head
@@ -125,6 +128,8 @@ class GPT(nn.Module):
         nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
         for block in self.transformer.h:
             block.init_weights()
+        if self.copy_head is not None:
+            self.copy_head.init_weights()
         # buffers are not saved in checkpoints: recompute them (a model built on "meta" has none)
         cos, sin = self._precompute_rotary(self.rotary_seq_len, self.config.n_embd // self.config.n_head,
                                            device=self.lm_head.weight.device)
@@ -178,9 +183,30 @@ class GPT(nn.Module):
         x = norm(x)
         if kv_cache is not None:
             kv_cache.advance(T)
+        if self.copy_head is not None:
+            return self._copy_output(x, idx, targets, kv_cache, T0, loss_reduction)
         logits = self.lm_head(x).float()  # (B, T, V)
         logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
                                reduction=loss_reduction)
+
+    def _copy_output(self, x, idx, targets, kv_cache, T0, loss_reduction):
+        """forward's output with the copy head: log-probabilities of the mixture, or its loss (same contract)."""
+        softcap = lambda z: SOFTCAP * torch.tanh(z.float() / SOFTCAP)
+        if targets is not None:
+            keep = targets != -1  # (B, T)
+            nll = self.copy_head.nll(softcap(self.lm_head(x[keep])), x, idx, keep, targets[keep],
+                                     "none" if loss_reduction == "none" else loss_reduction)
+            if loss_reduction != "none":
+                return nll
+            return torch.zeros(keep.numel(), device=nll.device, dtype=nll.dtype).masked_scatter(keep.view(-1), nll)
+        keys, ids = self.copy_head.k(x), idx  # (B, T, C), (B, T)
+        if kv_cache is not None:  # the context so far: earlier calls' keys and ids, then these
+            if kv_cache.copy_context is not None:
+                keys = torch.cat([kv_cache.copy_context[0], keys], 1)
+                ids = torch.cat([kv_cache.copy_context[1], ids], 1)
+            kv_cache.copy_context = (keys, ids)
+        positions = torch.arange(T0, T0 + x.size(1), device=x.device)
+        return self.copy_head.log_probs(softcap(self.lm_head(x)), x, ids, keys, positions)

@@ -178,7 +178,8 @@ class SupervisedLoss(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.fast = all(hasattr(model, a) for a in ("transformer", "lm_head", "cos", "sin"))
+        self.fast = (all(hasattr(model, a) for a in ("transformer", "lm_head", "cos", "sin"))
+                     and getattr(model, "copy_head", None) is None)  # a copy head needs every position as a key
 
     def forward(self, idx, targets, loss_reduction: str = "mean"):
         if not self.fast:

@@ -32,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--n_embd", type=int, default=192, help="model width")
     parser.add_argument("--n_head", type=int, default=4, help="attention heads (n_embd must divide)")
     parser.add_argument("--block_pattern", default="T,T,M,M", help="comma list of T/M, tiled to depth")
+    parser.add_bool("--copy_head", True, "pointer-generator output that copies tokens from the context "
+                    "(nanochat.copy_head): what lets a small model answer from its documents")
     parser.add_argument("--max_seq_len", type=int, default=512, help="tokens per training row")
     # optimisation
     parser.add_argument("--device_batch_size", type=int, default=8, help="rows per step per rank")
@@ -91,7 +93,8 @@ def main(argv=None):
     pattern = [p.strip() for p in args.block_pattern.split(",") if p.strip()]
     pattern = (pattern * args.depth)[: args.depth]
     config = GPTConfig(sequence_len=args.max_seq_len, vocab_size=tokenizer.get_vocab_size(), n_layer=args.depth,
-                       n_head=args.n_head, n_kv_head=args.n_head, n_embd=args.n_embd, block_pattern=",".join(pattern))
+                       n_head=args.n_head, n_kv_head=args.n_head, n_embd=args.n_embd, block_pattern=",".join(pattern),
+                       copy_head=args.copy_head)
     with building_for(device), torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
