@@ -10,6 +10,9 @@ hop h brought, by a named, deterministic strategy:
                sentence). On HotpotQA this is the one that pays: +10 points "both supporting paragraphs
                retrieved" at equal budget (shared/notes/retrieval_baselines.md). Default; "append" is an
                alias (the precompute CLI's default name).
+    focused    entities, but only those of the top passage's sentences that share the most word stems
+               with the question ("founder" / "founded by X"): the bridge the question asks about, not every
+               name in the passage. Falls back to entities when no sentence shares a stem.
     model      a callable writes the follow-up query: query_fn(question, hop_documents) -> str
                (e.g. `engine_query_writer(engine)` at inference)
 
@@ -29,9 +32,13 @@ from collections.abc import Callable
 import numpy as np
 from tqdm import tqdm
 
-STRATEGIES = ("titles", "passage", "entities", "model")
+STRATEGIES = ("titles", "passage", "entities", "focused", "model")
 ALIASES = {"append": "entities"}
 MAX_ENTITIES = 16  # bridge entities appended to a follow-up query (16 > 8 by ~1 point on HotpotQA bm25)
+STEM_CHARS = 5  # focused: question and sentence words meet on their first 5 letters
+_CUE_STOP = {"which", "what", "where", "when", "whom", "whose", "does", "did", "with", "from", "that", "this",
+             "than", "then", "there", "their", "they", "have", "been", "were", "into", "also", "about", "after",
+             "before", "other", "same", "many", "much", "more", "most", "name", "named", "both", "either"}
 
 # words keep inner periods so initials and abbreviations stay whole ("C.J.", "U.S."); ! and ? are tokens
 # of their own so that sentence ends can be seen (other punctuation is skipped: "Paris, France" is one run)
@@ -66,7 +73,38 @@ def _words(text: str) -> set[str]:
     return {_clean(w).lower() for w in _TOKEN.findall(text or "") if w[:1].isalnum()}
 
 
-def extract_entities(passage: str, known: str = "", max_entities: int = MAX_ENTITIES) -> list[str]:
+def _ends_sentence(raw: str) -> bool:
+    """A period ends a sentence unless it closes initials ("C.J. Hunter", "U.S. Army")."""
+    return raw in ("!", "?") or (raw.endswith(".") and not _INITIALS.fullmatch(raw))
+
+
+def _stems(text: str) -> set[str]:
+    """Crude stems (first STEM_CHARS letters) of the lower-case content words of a text: "founder" and
+    "founded" meet, names (capitalised) and question words do not count."""
+    return {w.lower()[:STEM_CHARS] for w in _TOKEN.findall(text or "")
+            if w[:1].islower() and len(w) >= 4 and w.lower() not in _CUE_STOP}
+
+
+def focus_sentences(passage: str, question: str, title: str = "") -> set[int] | None:
+    """Indices of the passage sentences sharing the most stems with the question, or None when no sentence
+    shares any (then every sentence counts). "In which country is Acme headquartered?" -> the sentence
+    "Acme is headquartered in Paxhil.", whose name is the bridge. Words of the passage's title do not count
+    ("the Acme lamp": every sentence says "lamp")."""
+    cue = _stems(question) - _stems(title)
+    sentences, current = [], []
+    for raw in _TOKEN.findall(passage or ""):
+        current.append(raw)
+        if _ends_sentence(raw):
+            sentences.append(current)
+            current = []
+    sentences.append(current)
+    scores = [len(cue & _stems(" ".join(words))) for words in sentences]
+    best = max(scores)
+    return {i for i, sc in enumerate(scores) if sc == best} if best > 0 else None
+
+
+def extract_entities(passage: str, known: str = "", max_entities: int = MAX_ENTITIES,
+                     sentences: set[int] | None = None) -> list[str]:
     """Named entities of a passage not already named in `known`, in order of first mention.
 
     Crude on purpose, no NER model: runs of capitalised words (numbers may continue a run) and
@@ -75,21 +113,28 @@ def extract_entities(passage: str, known: str = "", max_entities: int = MAX_ENTI
     dropped when every one of its words already occurs in `known` (question + the passage's title).
     Measured on the shared HotpotQA dev subset (see bench/multihop_hotpotqa.py): the sentence-start
     rule and years added ~1 point each over "capitalised words not starting a sentence".
+    `sentences` (indices, see focus_sentences) keeps only the entities of those sentences.
     """
     known_words = _words(known)
     tokens = _TOKEN.findall(passage or "")
     lower_words = {w for w in map(_clean, tokens) if w[:1].islower()}
     found: list[str] = []
+    wanted = True
 
     def add(run: list[str]) -> None:
         phrase = " ".join(run)
-        if phrase not in found and not all(x.lower() in known_words for x in run):
+        if wanted and phrase not in found and not all(x.lower() in known_words for x in run):
             found.append(phrase)
 
     run: list[str] = []
     starts = True  # the first word of a sentence
+    sentence = 0
     for raw in tokens + ["!"]:  # the sentinel flushes the last run
         w = _clean(raw)
+        if starts and run:  # a name never runs across a sentence end ("... in Oslo. Maria Lund ...")
+            add(run)
+            run = []
+        wanted = sentences is None or sentence in sentences
         name = w[:1].isupper() and w not in _NOT_NAMES and (not starts or w.lower() not in lower_words)
         if name or (run and w[:1].isdigit()):
             run.append(w)
@@ -99,8 +144,8 @@ def extract_entities(passage: str, known: str = "", max_entities: int = MAX_ENTI
                 run = []
             if _YEAR.fullmatch(w):
                 add([w])
-        # a period ends a sentence unless it closes initials ("C.J. Hunter", "U.S. Army")
-        starts = raw in ("!", "?") or (raw.endswith(".") and not _INITIALS.fullmatch(raw))
+        starts = _ends_sentence(raw)
+        sentence += starts
     return found[:max_entities]
 
 
@@ -121,8 +166,10 @@ def next_hop_query(question: str, documents: list[dict], strategy: str = "entiti
         return " ".join([question] + list(dict.fromkeys(titles)))
     if strategy == "passage":
         return f"{question} {_doc_text(top)}"
-    if strategy == "entities":
-        ents = extract_entities(top.get("content") or "", known=f"{question} {top.get('title') or ''}")
+    if strategy in ("entities", "focused"):
+        content = top.get("content") or ""
+        focus = focus_sentences(content, question, top.get("title") or "") if strategy == "focused" else None
+        ents = extract_entities(content, known=f"{question} {top.get('title') or ''}", sentences=focus)
         return " ".join([question] + ents)
     if query_fn is None:
         raise ValueError('strategy="model" needs query_fn(question, documents) -> str (e.g. engine_query_writer(engine))')

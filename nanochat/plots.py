@@ -49,18 +49,24 @@ def metric_bars(metrics: dict, path) -> Path:
     return _save(fig, path)
 
 
-def em_by_hops(metrics: dict, path) -> Path:
-    """EM per hop count for each condition (from metrics['em_by_hops'])."""
+COLOURS = {"retrieval": "tab:blue", "no_retrieval": "tab:gray", "oracle": "tab:green", "refrag": "tab:purple",
+           "rag": "tab:blue"}
+
+
+def em_by_hops(metrics: dict, path, title: str = "EM by hop count") -> Path:
+    """EM per hop count for each condition (metrics['em_by_hops'] = {hops: {condition: em}})."""
     by = metrics.get("em_by_hops", {})
     hops = sorted(by, key=int)
+    conditions = list(dict.fromkeys(c for h in hops for c in by[h]))
+    width = 0.8 / max(1, len(conditions))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for ci, (cond, colour) in enumerate([("retrieval", "tab:blue"), ("no_retrieval", "tab:gray"), ("oracle", "tab:green")]):
-        ax.bar([i + (ci - 1) * 0.25 for i in range(len(hops))], [_nz(by[h].get(cond)) for h in hops], 0.25,
-               color=colour, label=cond.replace("_", " "))
+    for ci, cond in enumerate(conditions):
+        ax.bar([i + (ci - (len(conditions) - 1) / 2) * width for i in range(len(hops))],
+               [_nz(by[h].get(cond)) for h in hops], width, color=COLOURS.get(cond), label=cond.replace("_", " "))
     ax.set_xticks(range(len(hops)), [f"{h}-hop" for h in hops])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("exact match")
-    ax.set_title("EM by hop count")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -27,7 +27,7 @@ import torch
 
 from nanochat import qa_metrics as M
 from nanochat.multihop import group_hops, retrieval_message
-from nanochat.raft import MIN_DOC_WORDS, SYSTEM_PROMPT, ChunkStore, truncate_words
+from nanochat.raft import MIN_DOC_WORDS, SYSTEM_PROMPT, ChunkStore, answer_target, truncate_words
 from nanochat.rewards import compute_reward
 
 # -----------------------------------------------------------------------------
@@ -92,7 +92,9 @@ def make_multihop_example(query: dict, hops: list, store: ChunkStore, top_k_per_
         rng.shuffle(hits)  # position carries no signal
     order = [c for _, _, hits in hops for c, _, _ in hits]
     cited = [order.index(c) + 1 for c in needed]
-    target = f"{answers[0]} " + " ".join(f"[{n}]" for n in cited) if with_gold else M.ABSTAIN_ANSWER
+    # answer_target's leading space: the answer tokenizes as it does inside the documents, so the copy head
+    # can point at it (without it the first word is a different token sequence from the one shown)
+    target = answer_target(answers[0], cited) if with_gold else M.ABSTAIN_ANSWER
     msg = retrieval_message(hops, lambda c, s: store.doc(c, s, max_doc_length))
     return multihop_conversation(query["question"], msg, target), cited
 
@@ -111,7 +113,8 @@ def build_multihop_examples(queries: list[dict], table: pd.DataFrame, chunks, sp
             stats["skipped"] += 1
             continue
         stats["with_gold" if with_gold else "abstain"] += 1
-        examples.append({"query_id": q["id"], "with_gold": with_gold, "cited": made[1], "conversation": made[0]})
+        examples.append({"query_id": q["id"], "with_gold": with_gold, "cited": made[1], "conversation": made[0],
+                         "answers": q["answers"]})
     return examples, stats
 
 
@@ -132,37 +135,72 @@ def _shorten(conv: dict, words: int | None, query_words: int | None = None) -> d
 
 
 QUERY_WORD_STEPS = (None, 24, 8)  # hop-query lengths tried, longest first, when a prompt still overflows
+WORD_SHRINK = 0.8  # each retry keeps 80% of the document words: short prompts lose little of their documents
 
 
-def encode_multihop(tokenizer, conversation: dict, cited: list[int], max_seq_len: int, max_doc_length: int | None):
+def word_budgets(longest: int, max_doc_length: int | None = None):
+    """Document word budgets to try, largest first: min(max_doc_length, longest), then 80% steps down to
+    MIN_DOC_WORDS (halving would throw away half a document to save a few tokens)."""
+    w = min(max_doc_length or longest, longest)
+    while True:
+        yield w or None
+        if not w or w <= MIN_DOC_WORDS:
+            return
+        w = max(MIN_DOC_WORDS, int(w * WORD_SHRINK))
+
+
+def _longest_doc(conversation: dict) -> int:
+    docs = [d for m in conversation["messages"] if m["role"] == "retrieval" for d in message_documents(m)]
+    return max((len(d["content"].split()) for d in docs), default=0)
+
+
+def _supports(conversation: dict, cited: list[int], answers: list[str]) -> bool:
+    """Whether a cited document (numbers as rendered) still contains an answer after shortening."""
+    docs = [d for m in conversation["messages"] if m["role"] == "retrieval" for d in message_documents(m)]
+    return any(0 < n <= len(docs) and M.contains_answer(docs[n - 1]["content"], answers) for n in cited)
+
+
+def encode_multihop(tokenizer, conversation: dict, cited: list[int], max_seq_len: int, max_doc_length: int | None,
+                    answers: list[str] | None = None):
     """(ids, mask) within max_seq_len keeping every cited document whole, or None (caller counts it).
 
-    Shortens in order: document words (halving), then hop queries (QUERY_WORD_STEPS); never raises on length."""
-    docs = [d for m in conversation["messages"] if m["role"] == "retrieval" for d in message_documents(m)]
-    longest = max((len(d["content"].split()) for d in docs), default=0)
-    words = min(max_doc_length or longest, longest) or None
+    Shortens in order: every document's words alike (word_budgets), then hop queries (QUERY_WORD_STEPS);
+    never raises on length. With answers (an answered example), an example whose shortened cited documents
+    no longer contain the answer is None too: training on it would teach answers the context does not hold."""
+    longest = _longest_doc(conversation)
     for qw in QUERY_WORD_STEPS:
-        w = words
-        while True:
+        for w in word_budgets(longest, max_doc_length):
             conv = _shorten(conversation, w, qw)
             ids, mask, info = tokenizer.render_conversation(conv, max_tokens=max_seq_len, on_overflow="report")
             cut = set(info["dropped_docs"]) | {int(k) for k in info["shortened_docs"]}
             if not info["cut_tokens"] and not (cut & set(cited)):
+                if answers and cited and not _supports(conv, cited, answers):
+                    return None
                 return ids, mask
-            if info["cut_tokens"] or w is None or w <= MIN_DOC_WORDS:
-                break  # documents are not the problem (or cannot shrink further): shorter hop queries next
-            w = max(MIN_DOC_WORDS, w // 2)
+            if info["cut_tokens"]:
+                break  # documents are not the problem: shorter hop queries next
     return None
 
 
 def fit_prompt(tokenizer, item: dict, max_tokens: int):
     """Prompt ids for an item's multi-hop conversation within max_tokens -> (ids, message) or None.
 
-    Documents give way first (the tokenizer drops/shortens them), then hop queries are shortened; an item
-    whose question alone does not fit returns None, to be skipped and counted by the caller."""
+    As in training (encode_multihop): every document is shortened alike before any is dropped, then hop
+    queries are shortened; only then may the tokenizer drop the last documents. An item whose question alone
+    does not fit returns None, to be skipped and counted by the caller. (Letting the tokenizer drop first
+    would remove the last hop's document, the one a two-hop answer is in.)"""
     conv = multihop_conversation(item["question"], item["message"])
+    longest = _longest_doc(conv)
     for qw in QUERY_WORD_STEPS:
-        c = _shorten(conv, None, qw)
+        for w in word_budgets(longest):
+            c = _shorten(conv, w, qw)
+            ids, info = tokenizer.render_for_completion(c, max_tokens=max_tokens, on_overflow="report")
+            if info["cut_tokens"]:
+                break
+            if not info["dropped_docs"] and not info["shortened_docs"]:
+                return ids, c["messages"][1]
+    for qw in QUERY_WORD_STEPS:  # last resort: the tokenizer drops documents
+        c = _shorten(conv, MIN_DOC_WORDS, qw)
         ids, info = tokenizer.render_for_completion(c, max_tokens=max_tokens, on_overflow="report")
         if not info["cut_tokens"]:
             return ids, c["messages"][1]
@@ -332,7 +370,7 @@ def compare_conditions(models: dict, items: list[dict], max_tokens: int = 32, ma
 # Reward-phase log and plot
 
 REWARD_FIELDS = ["step", "phase", "loss", "reward", "f1", "em", "recall", "citation", "empty", "unsupported",
-                 "long", "abstained", "heldout_em", "heldout_f1", "elapsed_s"]
+                 "long", "abstained", "heldout_em", "heldout_f1", "heldout_reward", "elapsed_s"]
 
 
 def append_csv(path, row: dict, fields=REWARD_FIELDS) -> None:
@@ -365,7 +403,8 @@ def truncate_csv(path, last_step: int) -> None:
 
 
 def plot_reward_curve(csv_path, png_path) -> Path:
-    """Mean reward (reward phase) and held-out EM over training steps, one PNG."""
+    """Mean reward of the sampled answers (reward phase), and held-out EM and reward of greedy answers on the
+    same held-out questions, over training steps, one PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -378,6 +417,9 @@ def plot_reward_curve(csv_path, png_path) -> Path:
     ev = df.dropna(subset=["heldout_em"])
     if len(ev):
         ax.plot(ev["step"], ev["heldout_em"], "o-", label="held-out EM")
+    if "heldout_reward" in df:
+        hr = df.dropna(subset=["heldout_reward"])
+        ax.plot(hr["step"], hr["heldout_reward"], "s--", label="held-out reward (greedy)")
     ax.set_xlabel("step")
     ax.set_ylim(0, 1)
     ax.legend(loc="best")

@@ -121,6 +121,11 @@ def run_base_model(wildcards):
     return f"results/models/{run['knowledge_base']}/{run['model']}/base_model.json"
 
 
+def run_start_model(wildcards):
+    """Done-marker of the model a run fine-tunes: the base model, or the init_from rag run's model."""
+    return wt.start_model_done(config, wildcards.run)
+
+
 def base_model_tag(wildcards):
     """Checkpoint tag of the base model of {kb} and {size}."""
     return wt.base_model_tag(wildcards.kb, wildcards.size)
@@ -147,10 +152,37 @@ def run_kb_dir(wildcards):
     return str(Path(run_kb(wildcards)).parent)
 
 
+def compared_rag_run(wildcards):
+    """Inputs of the rag run a refrag run is compared with (compare_with): its model and its retrieval table."""
+    other = run_cfg(wildcards).get("compare_with")
+    if other is None:
+        return {}
+    return {"rag_model": wt.finetune_done_path(config, other), "rag_retrieval": f"results/runs/{other}/retrieval.parquet",
+            "rag_eval": f"results/runs/{other}/eval/metrics.json"}
+
+
+def compare_flags(wildcards, input):
+    """`--rag_model_tag RUN --rag_retrieval TABLE --rag_eval DIR` when the refrag run names a rag run to compare
+    with (the rag run's own evaluation supplies the RAG answers when it showed as many documents)."""
+    other = run_cfg(wildcards).get("compare_with")
+    if other is None:
+        return ""
+    return (f"--rag_model_tag {other} --rag_retrieval {input.rag_retrieval}"
+            f" --rag_eval {Path(input.rag_eval).parent}")
+
+
 def runs_in_mode(mode):
     """Wildcard regex matching the runs of one mode (never matches when there are none)."""
     names = [r for r in RUNS if config["runs"][r]["mode"] == mode]
     return "|".join(names) if names else "(?!)"
+
+
+def precompute_code(wildcards):
+    """Code precompute_retrieval runs: the hop loop and its query strategies too for refrag runs."""
+    modules = ["nanochat.precompute", "nanochat.retrieval", "nanochat.queries"]
+    if run_cfg(wildcards)["mode"] == "refrag":
+        modules.append("nanochat.multihop")
+    return code(*modules)
 
 
 def hop_flags(wildcards):

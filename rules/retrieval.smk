@@ -12,7 +12,7 @@ rule precompute_retrieval:
         train=run_query("train"),
         val=run_query("val"),
         test=run_query("test"),
-        code=code("nanochat.precompute", "nanochat.retrieval", "nanochat.queries"),
+        code=precompute_code,
     output:
         retrieval="results/runs/{run}/retrieval.parquet",
         meta="results/runs/{run}/retrieval.parquet.meta.json",

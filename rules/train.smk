@@ -18,7 +18,7 @@ rule rag_finetune:
         dataset="results/runs/{run}/dataset/manifest.json",
         base_model=run_base_model,
         code=code("scripts.rag_finetune", "nanochat.training", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks",
-                  "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
+                  "nanochat.copy_head", "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
     output:
         done=f"{config['base_dir']}/rag_checkpoints/{{run}}/done.json",
     wildcard_constraints:
@@ -44,7 +44,7 @@ rule rag_finetune:
         "python -m nanochat.workflow_tools prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
         " --inputs {input.kb:q} {input.dataset:q} {input.base_model:q} --settings {params.flags:q} > {log:q} 2>&1"
         " && {params.launcher} -m scripts.rag_finetune --knowledge_base {params.kb_dir:q}"
-        " --dataset {params.dataset_dir:q} {params.flags} --resume true >> {log:q} 2>&1"
+        " --dataset {params.dataset_dir:q} {params.flags} --num_threads {threads} --resume true >> {log:q} 2>&1"
 
 
 rule refrag_finetune:
@@ -55,9 +55,10 @@ rule refrag_finetune:
         retrieval="results/runs/{run}/retrieval.parquet",
         train=run_query("train"),
         val=run_query("val"),
-        base_model=run_base_model,
-        code=code("scripts.refrag_finetune", "nanochat.training", "nanochat.gpt", "nanochat.mamba",
-                  "nanochat.blocks", "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
+        start_model=run_start_model,
+        code=code("scripts.refrag_finetune", "nanochat.refrag", "nanochat.rewards", "nanochat.multihop",
+                  "nanochat.training", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks", "nanochat.copy_head",
+                  "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
     output:
         done=f"{config['base_dir']}/refrag_checkpoints/{{run}}/done.json",
     wildcard_constraints:
@@ -81,8 +82,8 @@ rule refrag_finetune:
         ENV_GPU
     shell:
         "python -m nanochat.workflow_tools prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
-        " --inputs {input.kb:q} {input.dataset:q} {input.retrieval:q} {input.base_model:q} --settings {params.flags:q}"
+        " --inputs {input.kb:q} {input.dataset:q} {input.retrieval:q} {input.start_model:q} --settings {params.flags:q}"
         " > {log:q} 2>&1"
         " && {params.launcher} -m scripts.refrag_finetune --knowledge_base {params.kb_dir:q}"
         " --dataset {params.dataset_dir:q} --retrieval {input.retrieval:q} --queries_train {input.train:q}"
-        " --queries_val {input.val:q} {params.flags} --resume true >> {log:q} 2>&1"
+        " --queries_val {input.val:q} {params.flags} --num_threads {threads} --resume true >> {log:q} 2>&1"

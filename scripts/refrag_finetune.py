@@ -40,7 +40,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max_hops", type=int, default=3, help="retrieval rounds per question")
     p.add_argument("--top_k_per_hop", type=int, default=3, help="new documents per round")
     p.add_bool("--use_rewards", default=True, help="run the reward phase after the supervised warm-up")
-    p.add_argument("--hop_strategy", default="entities", help="follow-up query: titles | passage | entities (append = entities)")
+    p.add_argument("--hop_strategy", default="entities", help="follow-up query: titles | passage | entities | focused (append = entities)")
     p.add_argument("--num_samples", type=int, default=4, help="answers sampled per question (group size)")
     p.add_argument("--rl_steps", type=int, default=30, help="reward-phase optimizer steps")
     p.add_argument("--rl_lr_frac", type=float, default=0.1, help="reward-phase lr = warm-up peak lr * this")
@@ -81,6 +81,7 @@ def build_parser() -> ArgumentParser:
                    "(time-sliced jobs, resume tests; -1 = off)")
     p.add_argument("--run", default="dummy", help="wandb run name (wandb used only when WANDB_RUN is set)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    p.add_argument("--num_threads", type=int, default=-1, help="CPU threads per process (-1 = auto: 1 when the machine is oversubscribed)")
     p.add_argument("--seed", type=int, default=0, help="data order, RAFT and sampling seed")
     return p
 
@@ -108,8 +109,9 @@ def build_multihop_dataset(kb, args, dataset_dir: Path, work_dir: Path, tokenize
     for split, path in files.items():
         examples, stats = build_multihop_examples(load_queries(path), table, store, split, args.top_k_per_hop,
                                                   args.p_gold, args.max_doc_length, args.seed)
-        enc = [encode_multihop(tokenizer, e["conversation"], e["cited"], args.max_seq_len, args.max_doc_length) for e in examples]
-        stats["too_long"] = sum(e is None for e in enc)  # did not fit even with short documents and hop queries
+        enc = [encode_multihop(tokenizer, e["conversation"], e["cited"], args.max_seq_len, args.max_doc_length,
+                               e["answers"] if e["with_gold"] else None) for e in examples]
+        stats["too_long"] = sum(e is None for e in enc)  # did not fit (or lost its answer) even when shortened
         enc = [e for e in enc if e is not None]
         for old in dataset_dir.glob(f"{split}_*.npz"):
             old.unlink()
@@ -146,6 +148,7 @@ def main(argv=None):
         raise SystemExit("--temperature must be > 0 for the reward phase (sampling)")
     ddp, rank, local_rank, world_size, device = compute_init(args.device)
     T.seed_everything(args.seed)
+    T.set_threads(args.num_threads, device)
     from nanochat.checkpoint_manager import find_last_step, load_checkpoint, load_model, save_checkpoint
     from nanochat.engine import Engine
     from nanochat.gpt import require_mamba
@@ -160,6 +163,14 @@ def main(argv=None):
     model, tokenizer, source_meta = load_model(args.source, device, phase="train", model_tag=args.model_tag,
                                                step=args.step, base_dir=base_dir)
     require_mamba(model.config)
+    if args.max_seq_len > model.config.sequence_len:
+        # multi-hop prompts are longer than the source model's context; RoPE tables cover 10x it and Mamba has
+        # no length limit, so fine-tuning at the longer length extends the context (saved in the checkpoint)
+        if args.max_seq_len > model.rotary_seq_len:
+            raise SystemExit(f"--max_seq_len {args.max_seq_len} exceeds what the source model's rotary tables cover "
+                             f"({model.rotary_seq_len} tokens)")
+        print0(f"context extended from {model.config.sequence_len} to --max_seq_len {args.max_seq_len} tokens")
+        model.config.sequence_len = args.max_seq_len
     out_tag = args.output_tag or args.model_tag or source_meta.get("model_tag") or "refrag"
     ckpt_dir = base_dir / "refrag_checkpoints" / out_tag
     if args.resume and (ckpt_dir / "done.json").is_file():
@@ -254,7 +265,7 @@ def main(argv=None):
         rows = R.evaluate_items(model, tokenizer, heldout, "refrag", args.max_new_tokens, desc="held-out")
         model.train()
         s = R.summarize(rows)
-        return {"heldout_em": round(s["em"], 4), "heldout_f1": round(s["f1"], 4)}
+        return {"heldout_em": round(s["em"], 4), "heldout_f1": round(s["f1"], 4), "heldout_reward": round(s["reward"], 4)}
 
     def save(step: int, metrics: dict) -> None:
         meta = {"step": step, "model_config": asdict(model.config), "model_tag": out_tag, "source": args.source,
@@ -378,7 +389,7 @@ def main(argv=None):
             if rank == 0:
                 R.append_csv(rewards_csv, row)
                 print0(" | ".join(f"{k} {row[k]}" for k in ("step", "reward", "f1", "recall", "citation", "unsupported",
-                                                            "loss", "heldout_em") if k in row))
+                                                            "loss", "heldout_em", "heldout_reward") if k in row))
             if checkpoint_due(done, total_steps):
                 save(done, {**metrics, "final_reward": row.get("reward"), "heldout_em": row.get("heldout_em")})
             if stop_here(done):

@@ -86,12 +86,15 @@ def test_dangling_references_are_named():
     config = load("config/config.yaml")
     validate(config, SCHEMA)
     config["runs"]["synthetic_rag"]["knowledge_base"] = "nope"
-    config["runs"]["synthetic_refrag"]["k_max"] = 1
+    config["runs"]["synthetic_refrag"].update(k_max=1, top_k=2, compare_with="synthetic_refrag")
+    config["runs"]["synthetic_rag"]["compare_with"] = "synthetic_rag"
     with pytest.raises(ValueError) as err:
         wt.check_config_references(config)
     text = str(err.value)
     assert "runs.synthetic_rag.knowledge_base: 'nope' is not a key of knowledge_bases (known: synthetic)" in text
     assert "runs.synthetic_refrag: k_max=1 is smaller than top_k=2" in text
+    assert "runs.synthetic_refrag.compare_with: 'synthetic_refrag' is not a rag run (rag runs: synthetic_rag)" in text
+    assert "runs.synthetic_rag.compare_with: only refrag runs name a rag run here" in text
 
 
 def test_schema_defaults_match_cli_defaults():

@@ -52,6 +52,32 @@ def test_entities_are_bridge_names_not_in_question_or_title():
     # initials do not end a sentence, and they stay one name with the surname
     assert MH.extract_entities("He met C.J. Hunter and U.S. Army men in 1999! Then left.") == ["C.J. Hunter", "U.S. Army", "1999"]
     assert MH.extract_entities("It was 1999 again.", known="1999") == []  # known years are dropped too
+    # a name never runs across a sentence end, even when the next sentence opens with a name
+    assert MH.extract_entities("Acme opened an office in Oslo. Acme was founded by Vora Delm.",
+                               known="Acme") == ["Oslo", "Vora Delm"]
+
+
+def test_focused_keeps_the_names_of_the_sentences_the_question_asks_about():
+    passage = ("Acme Labs was founded in 1990. In 1995 the firm opened an office in Quix. Acme Labs was founded by "
+               "Vora Delm. Acme Labs is headquartered in Paxhil.")
+    known = "Acme Labs"
+    assert MH.focus_sentences(passage, "In which country is Acme Labs headquartered?") == {3}
+    assert MH.extract_entities(passage, known, sentences={3}) == ["Paxhil"]
+    # "founder" meets "founded" (5-letter stems): both founding sentences tie
+    assert MH.focus_sentences(passage, "In which city was the founder of Acme Labs born?") == {0, 2}
+    doc = [{"title": known, "content": passage}]
+    assert MH.next_hop_query("In which city was the founder of Acme Labs born?", doc, "focused") == \
+        "In which city was the founder of Acme Labs born? 1990 Vora Delm"
+    assert MH.next_hop_query("In which country is Acme Labs headquartered?", doc, "focused") == \
+        "In which country is Acme Labs headquartered? Paxhil"
+    # words of the title do not count: every sentence of "the Zorn lamp" says "lamp"
+    lamp = "The Zorn lamp is made by Acme Labs. The Zorn lamp was released in 2019."
+    assert MH.focus_sentences(lamp, "When was the maker of the Zorn lamp founded?") == {0, 1}
+    assert MH.focus_sentences(lamp, "When was the maker of the Zorn lamp founded?", title="The Zorn lamp") is None
+    # no shared stem: every name, as entities does
+    q = "Who owns Acme Labs?"
+    assert MH.focus_sentences(passage, q) is None
+    assert MH.next_hop_query(q, doc, "focused") == MH.next_hop_query(q, doc, "entities")
 
 
 def test_next_hop_query_per_strategy():
@@ -141,7 +167,10 @@ def test_multi_hop_message_renders_and_masks_through_the_tokenizer(tok):
     text = tok.decode(ids)
     assert text.count("<|hop_start|>") == 2 and text.count("<|hop_end|>") == 2 and "[4]" in text
     supervised = tok.decode([i for i, m in zip(ids, mask) if m])
-    assert supervised.startswith("Zentil") and supervised.endswith("<|assistant_end|>")
+    assert supervised.startswith(" Zentil") and supervised.endswith("<|assistant_end|>")
+    # the answer's tokens are those of the word inside a document (leading space), so the copy head can point at them
+    lead = tok.encode(" Zentil")
+    assert [i for i, m in zip(ids, mask) if m][:len(lead)] == lead
     assert "Vora" not in supervised and Q not in supervised  # retrieved/prompt tokens carry no loss
     # without gold: every gold document is removed and the target is the abstention sentence
     ex0 = build_multihop_examples([query], table, store, "train", top_k_per_hop=2, p_gold=0.0)[0][0]

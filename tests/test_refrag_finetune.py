@@ -183,6 +183,30 @@ def test_fit_prompt_shortens_hop_queries_then_skips(world):
     assert encode_multihop(tok, multihop_conversation(long_q, msg, "a [1]"), [1], 200, 40) is None
 
 
+def test_prompts_shorten_every_document_before_dropping_the_last_hop_and_keep_the_answer(world):
+    """A two-hop answer is in the last hop's document: fitting a prompt must not drop it (the tokenizer alone
+    would), and a training example whose shortened cited document lost the answer is skipped."""
+    from nanochat.refrag import encode_multihop, fit_prompt, message_documents, multihop_conversation
+    tok = world["tok"]
+    filler = " ".join(f"Sentence {i} says little." for i in range(12))
+    msg = {"role": "retrieval", "multi_hop": True, "hops": [
+        {"hop": 1, "query": "q", "documents": [{"title": "A", "content": f"Acme is made by Zorn. {filler}"}]},
+        {"hop": 2, "query": "q Zorn", "documents": [{"title": "B", "content": f"Zorn was founded in 1901. {filler}"}]}]}
+    item = {"id": "x", "question": "When was the maker of Acme founded?", "answers": ["1901"], "message": msg}
+    full, _ = tok.render_for_completion(multihop_conversation(item["question"], msg), max_tokens=10_000, on_overflow="report")
+    ids, fitted = fit_prompt(tok, item, len(full) - 20)
+    docs = message_documents(fitted)
+    assert len(ids) <= len(full) - 20 and len(docs) == 2 and "1901" in docs[1]["content"]
+    assert len(docs[0]["content"].split()) < len(msg["hops"][0]["documents"][0]["content"].split())
+    late = {**msg, "hops": [msg["hops"][0], {**msg["hops"][1], "documents": [
+        {"title": "B", "content": f"{filler} Zorn was founded in 1901."}]}]}  # the answer is the last sentence
+    conv = multihop_conversation(item["question"], late, "1901 [2]")
+    full_ids, _, _ = tok.render_conversation(conv, max_tokens=10_000, on_overflow="report")
+    assert encode_multihop(tok, conv, [2], 10_000, None, ["1901"]) is not None
+    assert encode_multihop(tok, conv, [2], len(full_ids) - 20, None, ["1901"]) is None  # shortening cut 1901
+    assert encode_multihop(tok, conv, [2], len(full_ids) - 20, None) is not None  # without answers: not checked
+
+
 @pytest.mark.slow
 def test_workflow_dataset_from_raft_gets_multi_hop_shards(world, tmp_path):
     """The workflow passes --dataset (nanochat.raft shards, hops flattened) and --retrieval (the multi-hop table):
@@ -209,3 +233,63 @@ def test_workflow_dataset_from_raft_gets_multi_hop_shards(world, tmp_path):
     hop_start = world["tok"].encode_special("<|hop_start|>")
     assert list(ids).count(hop_start) == 2  # two hops rendered, not one flattened document list
     assert json.loads((ckpt / "done.json").read_text())["step"] == 1
+
+
+def test_refrag_eval_cli_compares_refrag_rag_and_no_retrieval_on_the_same_questions(world, tmp_path):
+    """scripts.refrag_eval: one REFRAG and one RAG checkpoint, every condition on the same test questions, the RAG
+    model shown max_hops x top_k_per_hop single-hop documents (equal budget), gains = differences of EMs."""
+    import shutil
+    from nanochat.precompute import precompute_retrieval
+    from scripts.refrag_eval import main as refrag_eval
+    from scripts.refrag_finetune import main as refrag_finetune
+    data, base = world["data"], world["base"]
+    files = {"train": str(data / "queries_train.jsonl"), "val": str(data / "queries_val.jsonl"),
+             "test": str(data / "queries_test.jsonl")}
+    multi, single = tmp_path / "mh.parquet", tmp_path / "sh.parquet"
+    precompute_retrieval(data / "kb", "simple", files, 2, multi, max_hops=2, top_k_per_hop=1, strategy="focused")
+    precompute_retrieval(data / "kb", "simple", files, 4, single, max_hops=1)
+    refrag_finetune(["--knowledge_base", str(data / "kb"), "--source", "base", "--model_tag", "t2", "--output_tag", "ev",
+                     "--base_dir", str(base), "--retrieval", str(multi), "--queries_train", files["train"],
+                     "--queries_val", files["val"], "--max_hops", "2", "--top_k_per_hop", "1", "--use_rewards", "true",
+                     "--rl_steps", "1", "--num_samples", "2", "--max_steps", "1", "--max_seq_len", "512",
+                     "--max_doc_length", "40", "--eval_questions", "1", "--max_new_tokens", "4", "--device", "cpu"])
+    meta = json.loads(sorted((base / "refrag_checkpoints" / "ev").glob("meta_*.json"))[-1].read_text())
+    assert meta["model_config"]["sequence_len"] == 512  # the base model's 384 extended by fine-tuning
+    shutil.copytree(base / "base_checkpoints" / "t2", base / "rag_checkpoints" / "ev_rag")  # an (untrained) RAG model
+    out = tmp_path / "eval"
+    m = refrag_eval(["--knowledge_base", str(data / "kb"), "--retrieval", str(multi), "--queries_test", files["test"],
+                     "--model_tag", "ev", "--rag_model_tag", "ev_rag", "--rag_retrieval", str(single),
+                     "--base_dir", str(base), "--max_questions", "6", "--max_tokens", "4", "--device", "cpu",
+                     "--output", str(out)])
+    assert set(m["conditions"]) == {"refrag", "rag", "no_retrieval"} and m["rag_top_k"] == 2
+    assert all(c["n"] == 6 for c in m["conditions"].values())
+    rows = pd.read_csv(out / "per_question.csv")
+    assert len(rows) == 18 and rows.groupby("label")["id"].apply(list).map(tuple).nunique() == 1  # same questions
+    for h, by in m["em_by_hops"].items():
+        assert set(by) == {"refrag", "rag", "no_retrieval"}
+        gain = m["em_gain_over_rag"][f"{h}-hop"]
+        assert gain == pytest.approx(by["refrag"] - by["rag"], abs=1e-4)
+    assert m["em_gain_over_rag"]["all"] == pytest.approx(m["em"] - m["em_rag"], abs=1e-4)
+    assert set(m["hop_recall"]) == {"recall_hop1", "all_gold_hop1", "recall_hop2", "all_gold_hop2"}
+    assert m["kb_id"] and json.loads((out / "metrics.json").read_text())["model_tag"] == "ev"
+    assert (out / "em_by_hops.png").read_bytes()[:4] == b"\x89PNG" and (out / "rewards.png").is_file()
+    # --rag_eval: the RAG run's own evaluation (same questions, same document count) supplies the rag and
+    # no_retrieval answers; they are scored again here and give the same EM as generating them
+    from nanochat.evaluation import main as rag_eval
+    rag_out = tmp_path / "rag_eval"
+    rag_eval(["--knowledge_base", str(data / "kb"), "--retrieval", str(single), "--queries_test", files["test"],
+              "--source", "rag", "--model_tag", "ev_rag", "--base_dir", str(base), "--top_k", "2",
+              "--max_questions", "6", "--max_tokens", "4", "--max_doc_length", "40", "--device", "cpu",
+              "--output", str(rag_out)])
+    m2 = refrag_eval(["--knowledge_base", str(data / "kb"), "--retrieval", str(multi), "--queries_test", files["test"],
+                      "--model_tag", "ev", "--rag_model_tag", "ev_rag", "--rag_retrieval", str(single),
+                      "--rag_eval", str(rag_out), "--base_dir", str(base), "--max_questions", "6", "--max_tokens", "4",
+                      "--device", "cpu", "--output", str(tmp_path / "eval2")])
+    assert m2["rag_answers_from"] == str(rag_out) and m2["conditions"]["rag"]["n"] == 6
+    assert m2["em_rag"] == pytest.approx(m["em_rag"]) and m2["em"] == pytest.approx(m["em"])
+    # a RAG evaluation that showed a different number of documents is not reused
+    m3 = refrag_eval(["--knowledge_base", str(data / "kb"), "--retrieval", str(multi), "--queries_test", files["test"],
+                      "--model_tag", "ev", "--rag_model_tag", "ev_rag", "--rag_retrieval", str(single), "--rag_top_k", "3",
+                      "--rag_eval", str(rag_out), "--base_dir", str(base), "--max_questions", "6", "--max_tokens", "4",
+                      "--device", "cpu", "--output", str(tmp_path / "eval3")])
+    assert m3["rag_answers_from"] is None and m3["rag_top_k"] == 3

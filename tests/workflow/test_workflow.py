@@ -15,7 +15,7 @@ from wfhelpers import ROOT, TINY, copy_workflow, dry_run, snakemake
 
 FULL_RAG = {"validate_documents", "chunk_documents", "build_index", "train_tokenizer", "base_train",
             "precompute_retrieval", "check_leakage", "build_dataset", "rag_finetune", "refrag_finetune",
-            "evaluate_run", "report"}
+            "evaluate_run", "evaluate_refrag_run", "report"}
 
 
 def jobs_of(configfile):
@@ -37,7 +37,7 @@ def test_default_dag_shape():
     assert jobs == {"all": 1, "synthetic_world": 1, "validate_documents": 1, "chunk_documents": 1,
                     "build_index": 2, "train_tokenizer": 1, "base_train": 1, "precompute_retrieval": 2,
                     "check_leakage": 2, "build_dataset": 2, "rag_finetune": 1, "refrag_finetune": 1,
-                    "evaluate_run": 2, "report": 1}, jobs
+                    "evaluate_run": 1, "evaluate_refrag_run": 1, "report": 1}, jobs
 
 
 def test_multi_kb_multi_run_dag_shape():
@@ -47,7 +47,7 @@ def test_multi_kb_multi_run_dag_shape():
     assert jobs == {"all": 1, "synthetic_world": 1, "validate_documents": 2, "chunk_documents": 2,
                     "embed_chunks": 2, "build_index": 5, "train_tokenizer": 2, "base_train": 3,
                     "precompute_retrieval": 4, "check_leakage": 4, "build_dataset": 4, "rag_finetune": 3,
-                    "refrag_finetune": 1, "evaluate_run": 4, "report": 1}, jobs
+                    "refrag_finetune": 1, "evaluate_run": 3, "evaluate_refrag_run": 1, "report": 1}, jobs
 
 
 def test_gpu_resources_accepted(tmp_path):
@@ -76,7 +76,9 @@ def test_end_to_end_then_nothing_to_do_then_targeted_reruns(tiny_run):
     changed = work / "tests/workflow/config_topk.yaml"
     changed.write_text((work / TINY).read_text().replace("top_k: 2", "top_k: 1", 1))  # the rag run
     jobs = dry_run(work, "--configfile", changed, "--replace-workflow-config")
-    assert set(jobs) == {"build_dataset", "rag_finetune", "evaluate_run", "report", "all"}, jobs
+    # the refrag run starts from the rag run's model and is compared with it: it follows
+    assert set(jobs) == {"build_dataset", "rag_finetune", "evaluate_run", "refrag_finetune", "evaluate_refrag_run",
+                         "report", "all"}, jobs
 
     # One edited document: everything downstream of the KB re-runs, the queries-only leakage check does not.
     docs = work / "results/synthetic/documents.jsonl"

@@ -61,8 +61,12 @@ def test_finetune_args_and_hops():
                   "max_doc_length": 50, "p_gold": 0.5, "seed": 1, "rl_steps": 3, "num_samples": 2}}}}
     args = wt.finetune_args(config, "r")
     assert "--model_tag kb.tiny --output_tag r --base_dir ck" in args
-    assert args.endswith("--max_hops 3 --top_k_per_hop 2 --use_rewards false --rl_steps 3 --num_samples 2")
-    assert wt.hop_args(config["runs"]["r"]) == "--max_hops 3 --top_k_per_hop 2"
+    assert args.endswith("--max_hops 3 --top_k_per_hop 2 --hop_strategy entities --max_new_tokens 32 "
+                         "--use_rewards false --rl_steps 3 --num_samples 2")
+    assert wt.hop_args(config["runs"]["r"]) == "--max_hops 3 --top_k_per_hop 2 --strategy entities"
+    config["runs"]["r"].update(hop_strategy="titles", evaluate={"max_new_tokens": 40})
+    assert "--hop_strategy titles --max_new_tokens 40" in wt.finetune_args(config, "r")
+    assert wt.hop_args(config["runs"]["r"]).endswith("--strategy titles")
     assert wt.hop_args({"mode": "rag"}) == "--max_hops 1"
     assert wt.finetune_done_path(config, "r") == "ck/refrag_checkpoints/r/done.json"
 

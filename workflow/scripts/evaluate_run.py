@@ -6,4 +6,4 @@ call_main(snakemake, "scripts.rag_eval", [  # noqa: F821
     "--knowledge_base", p.kb_dir, "--retrieval", i.retrieval, "--queries_test", i.test,
     "--source", p.source, "--model_tag", snakemake.wildcards.run, "--base_dir", p.base_dir,  # noqa: F821
     "--device", p.device, "--top_k", p.top_k, "--max_tokens", p.max_new_tokens,
-    "--max_questions", p.max_questions, "--output", p.eval_dir])
+    "--max_questions", p.max_questions, "--output", p.eval_dir, "--num_threads", snakemake.threads])  # noqa: F821

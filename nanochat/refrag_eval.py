@@ -1,0 +1,187 @@
+"""Held-out REFRAG evaluation: REFRAG vs RAG vs no retrieval on the same questions.
+
+    python -m scripts.refrag_eval --knowledge_base KB --retrieval multihop.parquet --queries_test F \
+        --model_tag REFRAG_TAG [--rag_model_tag RAG_TAG --rag_retrieval single.parquet] --output DIR
+
+Conditions, each on every test question (answers are greedy, documents come from precomputed tables):
+    refrag        the REFRAG model over its multi-hop retrieval (the guide's multi_hop message)
+    rag           the RAG model over single-hop retrieval, top --rag_top_k documents (default: as many as
+                  the REFRAG prompt holds, max_hops x top_k_per_hop, so both see the same number)
+    no_retrieval  no retrieval message (what the model knows by itself): the REFRAG model, or with --rag_eval
+                  the RAG model
+
+--rag_eval DIR (the RAG run's own scripts.rag_eval output, same questions and document count) supplies the rag
+and no_retrieval answers instead of generating them a second time.
+
+Writes DIR/metrics.json (top-level em/f1 are REFRAG's; `conditions` holds each condition's summary; EM by
+hop count; per-hop retrieval recall; `em_gain_over_rag` overall and by hop count), DIR/per_question.csv,
+DIR/em_by_hops.png and, when the checkpoint has a rewards.csv, DIR/rewards.png (mean reward and held-out EM
+over training). metrics.json is written last.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+logger = logging.getLogger("nanochat.refrag_eval")
+
+
+def em_gain(metrics: dict, baseline: str = "rag") -> dict:
+    """REFRAG EM minus the baseline's, overall and per hop count."""
+    ref, base = metrics["refrag"], metrics[baseline]
+    gain = {"all": ref["em"] - base["em"]}
+    for h, em in ref["em_by_hops"].items():
+        if h in base["em_by_hops"]:
+            gain[f"{h}-hop"] = em - base["em_by_hops"][h]
+    return {k: round(v, 4) for k, v in gain.items()}
+
+
+def reused_rag_rows(eval_dir, items: list[dict], top_k: int, model_tag: str | None) -> dict | None:
+    """Rows of the rag and no_retrieval conditions from a RAG run's own evaluation (scripts.rag_eval output:
+    the same model, greedy, on the same questions), so they are not generated twice. None, with the reason
+    logged, unless that evaluation showed top_k documents, used model_tag and answered every item."""
+    import pandas as pd
+    from nanochat.rewards import compute_reward
+    eval_dir = Path(eval_dir)
+    metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
+    why = None
+    if metrics.get("k") != top_k:
+        why = f"it showed {metrics.get('k')} documents, not {top_k}"
+    elif model_tag and metrics.get("model_tag") != model_tag:
+        why = f"it scored model {metrics.get('model_tag')}, not {model_tag}"
+    rows = pd.read_csv(eval_dir / "per_question.csv", dtype=str, keep_default_na=False).set_index("id")
+    missing = [it["id"] for it in items if it["id"] not in rows.index]
+    if why is None and missing:
+        why = f"{len(missing)} questions (e.g. {missing[0]}) are not in it"
+    if why is not None:
+        logger.warning("not reusing %s: %s; generating the RAG answers", eval_dir, why)
+        return None
+    out = {"rag": [], "no_retrieval": []}
+    for it in items:
+        for label, column, docs in (("rag", "answer", it["single_documents"]), ("no_retrieval", "answer_no_retrieval", [])):
+            text = rows.at[it["id"], column]
+            r = compute_reward(text, it["answers"], docs, it.get("doc_ids"))
+            out[label].append({"id": it["id"], "hops": int(it.get("hops", 1)), "condition": label, "answer": text,
+                               "em": r["em"], "f1": r["f1"], "reward": r["reward"], "citation": r["citation"],
+                               "retrieval_recall": r["recall"] if docs else math.nan, "label": label})
+    return out
+
+
+def _rounded(v):
+    if isinstance(v, float):
+        return round(v, 4)
+    return {k: _rounded(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
+def build_parser():
+    from nanochat.cli import ArgumentParser
+    p = ArgumentParser(description="Held-out REFRAG evaluation: REFRAG vs RAG vs no retrieval")
+    p.add_argument("--knowledge_base", required=True, help="KB directory the retrieval tables were built on")
+    p.add_argument("--retrieval", required=True, help="precomputed multi-hop retrieval Parquet (nanochat.precompute --max_hops N)")
+    p.add_argument("--queries_test", required=True, help="held-out queries JSONL")
+    p.add_argument("--split", default="test", help="split name of these queries in the retrieval tables")
+    p.add_argument("--source", default="refrag", help="checkpoint family of the REFRAG model")
+    p.add_argument("--model_tag", default=None, help="REFRAG checkpoint tag (default: largest model)")
+    p.add_argument("--step", type=int, default=None, help="REFRAG checkpoint step (default: last)")
+    p.add_argument("--rag_model_tag", default=None, help="RAG checkpoint tag for the rag condition (none: condition left out)")
+    p.add_argument("--rag_retrieval", default=None, help="single-hop table for the rag condition (default: hop 1 of --retrieval)")
+    p.add_argument("--rag_top_k", type=int, default=None, help="documents shown to the RAG model (default: max_hops x top_k_per_hop)")
+    p.add_argument("--rag_eval", default=None, help="the RAG run's scripts.rag_eval output directory: reuse its answers "
+                   "(retrieval and no_retrieval) when it showed rag_top_k documents, instead of generating them again")
+    p.add_argument("--base_dir", default=None, help="checkpoints root (default $NANOCHAT_BASE_DIR)")
+    p.add_argument("--max_doc_length", type=int, default=None, help="words per document (default: the fine-tune's)")
+    p.add_argument("--max_tokens", type=int, default=32, help="answer length cap in tokens")
+    p.add_argument("--max_questions", type=int, default=-1, help="evaluate the first N questions (-1 = all)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    p.add_argument("--num_threads", type=int, default=-1, help="CPU threads (-1 = auto)")
+    p.add_argument("--output", required=True, help="output directory for metrics.json, per_question.csv, *.png")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    from nanochat import plots
+    from nanochat import refrag as R
+    from nanochat.checkpoint_manager import load_model
+    from nanochat.common import atomic_write_json, get_base_dir, print0, resolve_device, setup_logging
+    from nanochat.evaluation import write_rows_csv
+    from nanochat.precompute import load_precomputed
+    from nanochat.queries import load_queries
+    from nanochat.raft import ChunkStore
+    from nanochat.retrieval.kb import KnowledgeBase
+    from nanochat.training import set_threads
+    setup_logging()
+    device = resolve_device(args.device)
+    set_threads(args.num_threads, device)
+    kb = KnowledgeBase.load(args.knowledge_base)
+    model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step,
+                                        base_dir=args.base_dir)
+    train_args = meta.get("args", {})
+    max_hops = int(meta.get("max_hops") or train_args.get("max_hops") or 3)
+    per_hop = int(meta.get("top_k_per_hop") or train_args.get("top_k_per_hop") or 3)
+    max_doc_length = args.max_doc_length or train_args.get("max_doc_length") or 300
+    rag_top_k = args.rag_top_k or max_hops * per_hop
+    if meta.get("kb_id") and meta["kb_id"] != kb.kb_id:
+        logger.warning("REFRAG model was fine-tuned on KB %s but is evaluated on KB %s", meta["kb_id"], kb.kb_id)
+
+    queries = load_queries(args.queries_test)
+    queries = queries if args.max_questions < 0 else queries[:args.max_questions]
+    table = load_precomputed(args.retrieval)
+    single = load_precomputed(args.rag_retrieval) if args.rag_retrieval else None
+    items = R.prompt_items(queries, table, ChunkStore(kb.chunks), args.split, max_doc_length,
+                           single_table=single, top_k_single=rag_top_k)
+    missing = [it["id"] for it in items if not it["hop_doc_ids"]]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(items)} queries (e.g. {missing[0]}) have no rows for split "
+                         f"'{args.split}' in {args.retrieval}; precompute multi-hop retrieval for {args.queries_test}")
+    budget = model.config.sequence_len - args.max_tokens
+    items, too_long = R.fit_items(tokenizer, items, budget)  # documents shortened to fit, as in training
+    if too_long:
+        logger.warning("%d questions do not fit %d prompt tokens even without documents: left out", too_long, budget)
+
+    reused = reused_rag_rows(args.rag_eval, items, rag_top_k, args.rag_model_tag) if args.rag_eval else None
+    models = {"refrag": (model, tokenizer, "refrag")}
+    rag_meta = None
+    if args.rag_model_tag and reused is None:
+        rag_model, rag_tok, rag_meta = load_model("rag", device, phase="eval", model_tag=args.rag_model_tag,
+                                                  base_dir=args.base_dir)
+        models["rag"] = (rag_model, rag_tok, "rag")
+    if reused is None:
+        models["no_retrieval"] = (model, tokenizer, "no_retrieval")
+    print0(f"refrag_eval: {len(items)} questions; refrag {meta.get('model_tag')} ({max_hops} hops x {per_hop}); "
+           f"rag {args.rag_model_tag or '-'} (top {rag_top_k}{', answers from ' + str(args.rag_eval) if reused else ''}); "
+           f"max_tokens {args.max_tokens}")
+    by_label, rows = R.compare_conditions(models, items, args.max_tokens, max_hops)
+    for label, label_rows in (reused or {}).items():  # the RAG run's own answers: RAG model, with and without documents
+        by_label[label] = R.summarize(label_rows, None, max_hops)
+        rows += label_rows
+
+    ref = by_label["refrag"]
+    metrics = {"n": ref["n"], "em": ref["em"], "f1": ref["f1"], "reward": ref["reward"],
+               "em_rag": by_label.get("rag", {}).get("em", math.nan), "em_no_retrieval": by_label["no_retrieval"]["em"],
+               "hop_recall": ref.get("hop_recall", {}), "conditions": by_label,
+               "em_by_hops": {h: {label: s["em_by_hops"].get(h, math.nan) for label, s in by_label.items()}
+                              for h in ref["em_by_hops"]},
+               "max_hops": max_hops, "top_k_per_hop": per_hop, "rag_top_k": rag_top_k, "too_long": too_long,
+               "kb_id": kb.kb_id, "model_source": args.source, "model_tag": meta.get("model_tag"),
+               "model_step": meta.get("step"), "rag_model_tag": args.rag_model_tag,
+               "rag_model_step": rag_meta.get("step") if rag_meta else None,
+               "rag_answers_from": str(args.rag_eval) if reused else None, "retrieval": str(args.retrieval),
+               "rag_retrieval": str(args.rag_retrieval) if args.rag_retrieval else None, "queries": str(args.queries_test)}
+    if "rag" in by_label:
+        metrics["em_gain_over_rag"] = em_gain(by_label, "rag")
+    metrics["em_gain_over_no_retrieval"] = em_gain(by_label, "no_retrieval")
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows_csv(rows, out / "per_question.csv")
+    plots.em_by_hops(metrics, out / "em_by_hops.png", title="EM by hop count: REFRAG vs RAG vs no retrieval")
+    rewards_csv = get_base_dir(args.base_dir) / f"{args.source}_checkpoints" / str(meta.get("model_tag")) / "rewards.csv"
+    if args.source in ("refrag",) and rewards_csv.is_file():
+        R.plot_reward_curve(rewards_csv, out / "rewards.png")
+    atomic_write_json(out / "metrics.json", metrics)  # last: the workflow's declared output
+    print0(json.dumps(_rounded({k: metrics.get(k) for k in ("n", "em", "em_rag", "em_no_retrieval", "em_by_hops",
+                                                             "hop_recall", "em_gain_over_rag")})))
+    return metrics
