@@ -109,7 +109,7 @@ def finetune_args(config: dict, run_name: str) -> str:
                  "--hop_strategy", run.get("hop_strategy", "entities"),
                  "--max_new_tokens", run.get("evaluate", {}).get("max_new_tokens", 32),
                  "--use_rewards", str(run["use_rewards"]).lower(), "--rl_steps", t["rl_steps"],
-                 "--num_samples", t["num_samples"]]
+                 "--num_samples", t["num_samples"], "--rl_lr_frac", t.get("rl_lr_frac", 0.1)]
     return " ".join(shlex.quote(str(a)) for a in args)
 
 

@@ -62,7 +62,7 @@ def test_finetune_args_and_hops():
     args = wt.finetune_args(config, "r")
     assert "--model_tag kb.tiny --output_tag r --base_dir ck" in args
     assert args.endswith("--max_hops 3 --top_k_per_hop 2 --hop_strategy entities --max_new_tokens 32 "
-                         "--use_rewards false --rl_steps 3 --num_samples 2")
+                         "--use_rewards false --rl_steps 3 --num_samples 2 --rl_lr_frac 0.1")
     assert wt.hop_args(config["runs"]["r"]) == "--max_hops 3 --top_k_per_hop 2 --strategy entities"
     config["runs"]["r"].update(hop_strategy="titles", evaluate={"max_new_tokens": 40})
     assert "--hop_strategy titles --max_new_tokens 40" in wt.finetune_args(config, "r")
