@@ -157,18 +157,17 @@ def compared_rag_run(wildcards):
     other = run_cfg(wildcards).get("compare_with")
     if other is None:
         return {}
-    return {"rag_model": wt.finetune_done_path(config, other), "rag_retrieval": f"results/runs/{other}/retrieval.parquet",
-            "rag_eval": f"results/runs/{other}/eval/metrics.json"}
+    return {"rag_model": wt.finetune_done_path(config, other), "rag_retrieval": f"results/runs/{other}/retrieval.parquet"}
 
 
 def compare_flags(wildcards, input):
-    """`--rag_model_tag RUN --rag_retrieval TABLE --rag_eval DIR` when the refrag run names a rag run to compare
-    with (the rag run's own evaluation supplies the RAG answers when it showed as many documents)."""
+    """`--rag_model_tag RUN --rag_retrieval TABLE` when the refrag run names a rag run to compare with. The RAG
+    answers are generated here rather than read from the rag run's evaluation (--rag_eval), so that the two
+    single-threaded evaluations run side by side instead of one after the other."""
     other = run_cfg(wildcards).get("compare_with")
     if other is None:
         return ""
-    return (f"--rag_model_tag {other} --rag_retrieval {input.rag_retrieval}"
-            f" --rag_eval {Path(input.rag_eval).parent}")
+    return f"--rag_model_tag {other} --rag_retrieval {input.rag_retrieval}"
 
 
 def runs_in_mode(mode):

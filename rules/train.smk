@@ -64,6 +64,8 @@ rule refrag_finetune:
         done=f"{config['base_dir']}/refrag_checkpoints/{{run}}/done.json",
     wildcard_constraints:
         run=runs_in_mode("refrag"),
+    # before the rag evaluation that becomes ready at the same time: the two evaluations then run side by side
+    priority: 10
     params:
         launcher=torchrun_launcher,
         kb_dir=subpath(input.kb, parent=True),

@@ -1,4 +1,4 @@
-"""BM25 retriever on bm25s (sparse precomputed scores; numba backend for large query batches).
+"""BM25 retriever on bm25s (sparse precomputed scores; numba backend once enough queries pay for its JIT).
 
 Tokenisation: lowercase, words of 2+ characters, English stopwords removed, Snowball stemmer
 (PyStemmer) on by default: stemming measured +3 points nDCG@10 on SciFact train. Defaults are
@@ -18,7 +18,9 @@ from nanochat.retrieval.base import Retriever
 
 logger = logging.getLogger(__name__)
 WORD_RE = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
-NUMBA_MIN_BATCH = 256
+# auto backend: numba's JIT compile (~15 s per process here) pays off only past ~30K queries at numpy's ~2,000
+# queries/s vs numba's ~34,000 (bench/bm25_speed.py); a workflow's 7,000-query precompute is faster on numpy
+NUMBA_MIN_QUERIES = 30_000
 DEFAULTS = {"k1": 1.5, "b": 0.75, "method": "lucene", "idf_method": None, "stemmer": "english", "stopwords": "english", "backend": "auto"}
 
 
@@ -86,8 +88,8 @@ class BM25Retriever(Retriever):
 
     @classmethod
     def load(cls, kb, backend: str | None = None, n_threads: int = 0) -> "BM25Retriever":
-        """backend: numpy | numba | auto (numba only for batches of NUMBA_MIN_BATCH+ queries: its JIT
-        compile takes ~10-30 s per process, which a handful of queries never earns back).
+        """backend: numpy | numba | auto (numba once this retriever has been asked for NUMBA_MIN_QUERIES
+        queries in all: its JIT compile takes ~10-30 s per process, which fewer queries never earn back).
         n_threads: query threads for bm25s (0 = one, -1 = all cores)."""
         import bm25s
         d = Path(kb.path) / cls.name
@@ -142,7 +144,8 @@ class BM25Retriever(Retriever):
         scores = np.full((q, top_k), -np.inf, np.float32)
         if q == 0:
             return idx, scores
-        if self.backend == "auto" and q >= NUMBA_MIN_BATCH and numba_available():
+        self.queries_seen = getattr(self, "queries_seen", 0) + q
+        if self.backend == "auto" and self.queries_seen >= NUMBA_MIN_QUERIES and numba_available():
             self.use_numba()
         k = min(top_k, self.num_docs)
         ids = self.query_ids(queries)
