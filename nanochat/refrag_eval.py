@@ -7,8 +7,8 @@ Conditions, each on every test question (answers are greedy, documents come from
     refrag        the REFRAG model over its multi-hop retrieval (the guide's multi_hop message)
     rag           the RAG model over single-hop retrieval, top --rag_top_k documents (default: as many as
                   the REFRAG prompt holds, max_hops x top_k_per_hop, so both see the same number)
-    no_retrieval  no retrieval message (what the model knows by itself): the REFRAG model, or with --rag_eval
-                  the RAG model
+    no_retrieval  no retrieval message (what the model knows by itself): the RAG model when one is given,
+                  else the REFRAG model
 
 --rag_eval DIR (the RAG run's own scripts.rag_eval output, same questions and document count) supplies the rag
 and no_retrieval answers instead of generating them a second time.
@@ -148,8 +148,8 @@ def main(argv=None) -> dict:
         rag_model, rag_tok, rag_meta = load_model("rag", device, phase="eval", model_tag=args.rag_model_tag,
                                                   base_dir=args.base_dir)
         models["rag"] = (rag_model, rag_tok, "rag")
-    if reused is None:
-        models["no_retrieval"] = (model, tokenizer, "no_retrieval")
+    if reused is None:  # no documents: the RAG model when there is one (it stops; the REFRAG one rambles to max_tokens)
+        models["no_retrieval"] = models["rag"][:2] + ("no_retrieval",) if "rag" in models else (model, tokenizer, "no_retrieval")
     print0(f"refrag_eval: {len(items)} questions; refrag {meta.get('model_tag')} ({max_hops} hops x {per_hop}); "
            f"rag {args.rag_model_tag or '-'} (top {rag_top_k}{', answers from ' + str(args.rag_eval) if reused else ''}); "
            f"max_tokens {args.max_tokens}")
