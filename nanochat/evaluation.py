@@ -210,42 +210,56 @@ def write_rows_csv(rows: list[dict], path) -> None:
         w.writerows(rows)
 
 
-def main(argv=None):
+def eval_parser(description: str, retrieval_help: str, source: str, max_tokens: int):
+    """The flags every held-out evaluation CLI shares (scripts.rag_eval, scripts.refrag_eval); callers add theirs."""
     from nanochat.cli import ArgumentParser
-    from nanochat.common import atomic_write_json, print0, setup_logging
-    setup_logging()
-    p = ArgumentParser(description="Held-out RAG evaluation over precomputed retrieval")
+    p = ArgumentParser(description=description)
     p.add_argument("--knowledge_base", required=True, help="KB directory the retrieval table was built on")
-    p.add_argument("--retrieval", required=True, help="precomputed retrieval Parquet (nanochat.precompute)")
+    p.add_argument("--retrieval", required=True, help=retrieval_help)
     p.add_argument("--queries_test", required=True, help="held-out queries JSONL")
     p.add_argument("--split", default="test", help="split name of these queries in the retrieval table")
-    p.add_argument("--source", default="rag", help="checkpoint family: rag | refrag | base | mid")
+    p.add_argument("--source", default=source, help="checkpoint family (base | mid | rag | refrag) or a checkpoint directory")
     p.add_argument("--model_tag", default=None, help="checkpoint tag (default: largest model)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: last)")
     p.add_argument("--base_dir", default=None, help="checkpoints root (default $NANOCHAT_BASE_DIR)")
-    p.add_argument("--top_k", type=int, default=None, help="documents shown (default: the fine-tune's top_k, else 5)")
     p.add_argument("--max_doc_length", type=int, default=None, help="words per document (default: the fine-tune's)")
-    p.add_argument("--max_tokens", type=int, default=48, help="answer length cap in tokens")
+    p.add_argument("--max_tokens", type=int, default=max_tokens, help="answer length cap in tokens")
     p.add_argument("--max_questions", type=int, default=-1, help="evaluate the first N questions (-1 = all)")
-    p.add_argument("--conditions", default=",".join(CONDITIONS), help="comma list of retrieval,no_retrieval,oracle")
-    p.add_argument("--training_csv", default=None, help="fine-tune metrics.csv for the curves plot (default: beside the checkpoint)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--num_threads", type=int, default=-1, help="CPU threads (-1 = auto: 1 when the machine is oversubscribed)")
     p.add_argument("--output", required=True, help="output directory for metrics.json, per_question.csv, *.png")
-    args = p.parse_args(argv)
+    return p
 
+
+def load_evaluated(args):
+    """From eval_parser's flags: (device, knowledge base, model, tokenizer, checkpoint meta), threads set."""
     from nanochat.checkpoint_manager import load_model
-    from nanochat.common import get_base_dir, resolve_device
-    from nanochat.precompute import load_precomputed
-    from nanochat.queries import load_queries
+    from nanochat.common import resolve_device
     from nanochat.retrieval.kb import KnowledgeBase
-    from nanochat import plots
     from nanochat.training import set_threads
     device = resolve_device(args.device)
     set_threads(args.num_threads, device)
     kb = KnowledgeBase.load(args.knowledge_base)
     model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step,
                                         base_dir=args.base_dir)
+    return device, kb, model, tokenizer, meta
+
+
+def main(argv=None):
+    from nanochat.common import atomic_write_json, print0, setup_logging
+    setup_logging()
+    p = eval_parser("Held-out RAG evaluation over precomputed retrieval",
+                    "precomputed retrieval Parquet (nanochat.precompute)", source="rag", max_tokens=48)
+    p.add_argument("--top_k", type=int, default=None, help="documents shown (default: the fine-tune's top_k, else 5)")
+    p.add_argument("--conditions", default=",".join(CONDITIONS), help="comma list of retrieval,no_retrieval,oracle")
+    p.add_argument("--training_csv", default=None, help="fine-tune metrics.csv for the curves plot (default: beside the checkpoint)")
+    args = p.parse_args(argv)
+
+    from nanochat.common import get_base_dir
+    from nanochat.precompute import load_precomputed
+    from nanochat.queries import load_queries
+    from nanochat import plots
+    device, kb, model, tokenizer, meta = load_evaluated(args)
     train_args = meta.get("args", {})
     top_k = args.top_k or train_args.get("top_k") or 5
     max_doc_length = args.max_doc_length or train_args.get("max_doc_length") or 300

@@ -149,14 +149,18 @@ def word_budgets(longest: int, max_doc_length: int | None = None):
         w = max(MIN_DOC_WORDS, int(w * WORD_SHRINK))
 
 
+def _documents(conversation: dict) -> list[dict]:
+    """Every retrieved document of a conversation, numbered as rendered ([1] is index 0)."""
+    return [d for m in conversation["messages"] if m["role"] == "retrieval" for d in message_documents(m)]
+
+
 def _longest_doc(conversation: dict) -> int:
-    docs = [d for m in conversation["messages"] if m["role"] == "retrieval" for d in message_documents(m)]
-    return max((len(d["content"].split()) for d in docs), default=0)
+    return max((len(d["content"].split()) for d in _documents(conversation)), default=0)
 
 
 def _supports(conversation: dict, cited: list[int], answers: list[str]) -> bool:
     """Whether a cited document (numbers as rendered) still contains an answer after shortening."""
-    docs = [d for m in conversation["messages"] if m["role"] == "retrieval" for d in message_documents(m)]
+    docs = _documents(conversation)
     return any(0 < n <= len(docs) and M.contains_answer(docs[n - 1]["content"], answers) for n in cited)
 
 
@@ -329,11 +333,16 @@ def evaluate_items(model, tokenizer, items: list[dict], condition: str = "refrag
         conv = conversation_for(it, condition)
         text, _ = engine.generate_from_conversation(conv, max_tokens=max_tokens, temperature=0.0)
         docs = [] if condition == "no_retrieval" else message_documents(conv["messages"][1])
-        r = compute_reward(text, it["answers"], docs, it.get("doc_ids"))
-        rows.append({"id": it["id"], "hops": int(it.get("hops", 1)), "condition": condition, "answer": text.strip(),
-                     "em": r["em"], "f1": r["f1"], "reward": r["reward"], "citation": r["citation"],
-                     "retrieval_recall": r["recall"] if docs else math.nan})
+        rows.append(score_row(it, condition, text, docs))
     return rows
+
+
+def score_row(item: dict, condition: str, answer: str, docs: list[dict]) -> dict:
+    """One evaluation row: an answer given under a condition, scored against the documents it was shown."""
+    r = compute_reward(answer, item["answers"], docs, item.get("doc_ids"))
+    return {"id": item["id"], "hops": int(item.get("hops", 1)), "condition": condition, "answer": answer.strip(),
+            "em": r["em"], "f1": r["f1"], "reward": r["reward"], "citation": r["citation"],
+            "retrieval_recall": r["recall"] if docs else math.nan}
 
 
 def summarize(rows: list[dict], items: list[dict] | None = None, max_hops: int = 3) -> dict:

@@ -43,7 +43,7 @@ def reused_rag_rows(eval_dir, items: list[dict], top_k: int, model_tag: str | No
     the same model, greedy, on the same questions), so they are not generated twice. None, with the reason
     logged, unless that evaluation showed top_k documents, used model_tag and answered every item."""
     import pandas as pd
-    from nanochat.rewards import compute_reward
+    from nanochat.refrag import score_row
     eval_dir = Path(eval_dir)
     metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
     why = None
@@ -61,11 +61,7 @@ def reused_rag_rows(eval_dir, items: list[dict], top_k: int, model_tag: str | No
     out = {"rag": [], "no_retrieval": []}
     for it in items:
         for label, column, docs in (("rag", "answer", it["single_documents"]), ("no_retrieval", "answer_no_retrieval", [])):
-            text = rows.at[it["id"], column]
-            r = compute_reward(text, it["answers"], docs, it.get("doc_ids"))
-            out[label].append({"id": it["id"], "hops": int(it.get("hops", 1)), "condition": label, "answer": text,
-                               "em": r["em"], "f1": r["f1"], "reward": r["reward"], "citation": r["citation"],
-                               "retrieval_recall": r["recall"] if docs else math.nan, "label": label})
+            out[label].append({**score_row(it, label, rows.at[it["id"], column], docs), "label": label})
     return out
 
 
@@ -76,27 +72,15 @@ def _rounded(v):
 
 
 def build_parser():
-    from nanochat.cli import ArgumentParser
-    p = ArgumentParser(description="Held-out REFRAG evaluation: REFRAG vs RAG vs no retrieval")
-    p.add_argument("--knowledge_base", required=True, help="KB directory the retrieval tables were built on")
-    p.add_argument("--retrieval", required=True, help="precomputed multi-hop retrieval Parquet (nanochat.precompute --max_hops N)")
-    p.add_argument("--queries_test", required=True, help="held-out queries JSONL")
-    p.add_argument("--split", default="test", help="split name of these queries in the retrieval tables")
-    p.add_argument("--source", default="refrag", help="checkpoint family of the REFRAG model")
-    p.add_argument("--model_tag", default=None, help="REFRAG checkpoint tag (default: largest model)")
-    p.add_argument("--step", type=int, default=None, help="REFRAG checkpoint step (default: last)")
+    from nanochat.evaluation import eval_parser
+    p = eval_parser("Held-out REFRAG evaluation: REFRAG vs RAG vs no retrieval",
+                    "precomputed multi-hop retrieval Parquet (nanochat.precompute --max_hops N)", source="refrag",
+                    max_tokens=32)
     p.add_argument("--rag_model_tag", default=None, help="RAG checkpoint tag for the rag condition (none: condition left out)")
     p.add_argument("--rag_retrieval", default=None, help="single-hop table for the rag condition (default: hop 1 of --retrieval)")
     p.add_argument("--rag_top_k", type=int, default=None, help="documents shown to the RAG model (default: max_hops x top_k_per_hop)")
     p.add_argument("--rag_eval", default=None, help="the RAG run's scripts.rag_eval output directory: reuse its answers "
                    "(retrieval and no_retrieval) when it showed rag_top_k documents, instead of generating them again")
-    p.add_argument("--base_dir", default=None, help="checkpoints root (default $NANOCHAT_BASE_DIR)")
-    p.add_argument("--max_doc_length", type=int, default=None, help="words per document (default: the fine-tune's)")
-    p.add_argument("--max_tokens", type=int, default=32, help="answer length cap in tokens")
-    p.add_argument("--max_questions", type=int, default=-1, help="evaluate the first N questions (-1 = all)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
-    p.add_argument("--num_threads", type=int, default=-1, help="CPU threads (-1 = auto)")
-    p.add_argument("--output", required=True, help="output directory for metrics.json, per_question.csv, *.png")
     return p
 
 
@@ -105,19 +89,13 @@ def main(argv=None) -> dict:
     from nanochat import plots
     from nanochat import refrag as R
     from nanochat.checkpoint_manager import load_model
-    from nanochat.common import atomic_write_json, get_base_dir, print0, resolve_device, setup_logging
-    from nanochat.evaluation import write_rows_csv
+    from nanochat.common import atomic_write_json, get_base_dir, print0, setup_logging
+    from nanochat.evaluation import load_evaluated, write_rows_csv
     from nanochat.precompute import load_precomputed
     from nanochat.queries import load_queries
     from nanochat.raft import ChunkStore
-    from nanochat.retrieval.kb import KnowledgeBase
-    from nanochat.training import set_threads
     setup_logging()
-    device = resolve_device(args.device)
-    set_threads(args.num_threads, device)
-    kb = KnowledgeBase.load(args.knowledge_base)
-    model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step,
-                                        base_dir=args.base_dir)
+    device, kb, model, tokenizer, meta = load_evaluated(args)
     train_args = meta.get("args", {})
     max_hops = int(meta.get("max_hops") or train_args.get("max_hops") or 3)
     per_hop = int(meta.get("top_k_per_hop") or train_args.get("top_k_per_hop") or 3)
@@ -178,9 +156,10 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_rows_csv(rows, out / "per_question.csv")
     plots.em_by_hops(metrics, out / "em_by_hops.png", title="EM by hop count: REFRAG vs RAG vs no retrieval")
-    rewards_csv = get_base_dir(args.base_dir) / f"{args.source}_checkpoints" / str(meta.get("model_tag")) / "rewards.csv"
-    if args.source in ("refrag",) and rewards_csv.is_file():
-        R.plot_reward_curve(rewards_csv, out / "rewards.png")
+    ckpt_dir = Path(args.source) if Path(args.source).is_dir() else \
+        get_base_dir(args.base_dir) / f"{args.source}_checkpoints" / str(meta.get("model_tag"))
+    if (ckpt_dir / "rewards.csv").is_file():  # written by scripts.refrag_finetune beside its checkpoints
+        R.plot_reward_curve(ckpt_dir / "rewards.csv", out / "rewards.png")
     atomic_write_json(out / "metrics.json", metrics)  # last: the workflow's declared output
     print0(json.dumps(_rounded({k: metrics.get(k) for k in ("n", "em", "em_rag", "em_no_retrieval", "em_by_hops",
                                                              "hop_recall", "em_gain_over_rag")})))
