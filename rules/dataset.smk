@@ -14,7 +14,7 @@ rule build_dataset:
         train=run_query("train"),
         val=run_query("val"),
         tokenizer=run_tokenizer,
-        code=code("nanochat.raft", "nanochat.tokenizer", "nanochat.precompute"),
+        code=code("nanochat.rag.dataset", "nanochat.rag.raft", "nanochat.rag.shards", "nanochat.rag.conversation", "nanochat.tokenizer", "nanochat.retrieval.precompute"),
     output:
         manifest="results/runs/{run}/dataset/manifest.json",
     params:

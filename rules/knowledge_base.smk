@@ -10,7 +10,7 @@ rule embed_chunks:
     """Encode every chunk with the sentence-transformers model (L2-normalised float32)."""
     input:
         chunks="results/kb/{kb}/chunks.parquet",
-        code=code("nanochat.embeddings"),
+        code=code("nanochat.retrieval.embeddings"),
     output:
         embeddings="results/kb/{kb}/embeddings.npy",
         info="results/kb/{kb}/embeddings.json",

@@ -37,7 +37,7 @@ rule base_train:
     input:
         kb=text_kb,
         tokenizer="results/models/{kb}/tokenizer/tokenizer_meta.json",
-        code=code("scripts.base_train", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks", "nanochat.training",
+        code=code("scripts.base_train", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks", "nanochat.train.loop",
                   "nanochat.copy_head", "nanochat.checkpoint_manager", "nanochat.tokenizer"),
     output:
         marker="results/models/{kb}/{size}/base_model.json",

@@ -42,7 +42,7 @@ rule check_leakage:
         train=run_query("train"),
         val=run_query("val"),
         test=run_query("test"),
-        code=code("nanochat.leakage", "nanochat.queries"),
+        code=code("nanochat.data.leakage", "nanochat.data.queries"),
     output:
         report="results/runs/{run}/leakage.json",
     params:

@@ -17,8 +17,8 @@ rule rag_finetune:
         kb=run_kb,
         dataset="results/runs/{run}/dataset/manifest.json",
         base_model=run_base_model,
-        code=code("scripts.rag_finetune", "nanochat.training", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks",
-                  "nanochat.copy_head", "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
+        code=code("scripts.rag_finetune", "nanochat.train.loop", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks",
+                  "nanochat.copy_head", "nanochat.checkpoint_manager", "nanochat.rag.raft", "nanochat.pipeline"),
     output:
         done=f"{config['base_dir']}/rag_checkpoints/{{run}}/done.json",
     wildcard_constraints:
@@ -41,7 +41,7 @@ rule rag_finetune:
     conda:
         ENV_GPU
     shell:
-        "python -m nanochat.workflow_tools prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
+        "python -m nanochat.pipeline prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
         " --inputs {input.kb:q} {input.dataset:q} {input.base_model:q} {input.code:q} --settings {params.flags:q}"
         " > {log:q} 2>&1"
         " && {params.launcher} -m scripts.rag_finetune --knowledge_base {params.kb_dir:q}"
@@ -57,9 +57,9 @@ rule refrag_finetune:
         train=run_query("train"),
         val=run_query("val"),
         start_model=run_start_model,
-        code=code("scripts.refrag_finetune", "nanochat.refrag", "nanochat.rewards", "nanochat.multihop",
-                  "nanochat.training", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks", "nanochat.copy_head",
-                  "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
+        code=code("scripts.refrag_finetune", "nanochat.rag.multihop_data", "nanochat.rag.conversation", "nanochat.train.reward_phase", "nanochat.rag.rewards", "nanochat.retrieval.multihop",
+                  "nanochat.train.loop", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks", "nanochat.copy_head",
+                  "nanochat.checkpoint_manager", "nanochat.rag.raft", "nanochat.pipeline"),
     output:
         done=f"{config['base_dir']}/refrag_checkpoints/{{run}}/done.json",
     wildcard_constraints:
@@ -84,7 +84,7 @@ rule refrag_finetune:
     conda:
         ENV_GPU
     shell:
-        "python -m nanochat.workflow_tools prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
+        "python -m nanochat.pipeline prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
         " --inputs {input.kb:q} {input.dataset:q} {input.retrieval:q} {input.start_model:q} {input.code:q}"
         " --settings {params.flags:q}"
         " > {log:q} 2>&1"

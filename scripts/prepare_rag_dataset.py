@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from nanochat.cli import ArgumentParser
-from nanochat.documents import write_jsonl
+from nanochat.data.documents import write_jsonl
 
 # -----------------------------------------------------------------------------
 # The example set: a small online shop's help centre. Each query's answer is a span of its document.
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--validation", choices=["strict", "lenient"], default="strict", help="document validation mode")
     args, rest = parser.parse_known_args(argv)
     if args.mode == "synthetic":
-        from nanochat import synthetic  # written alongside; imported only when asked for
+        from nanochat.data import synthetic  # written alongside; imported only when asked for
         return synthetic.main(["--output", args.output] + rest) or 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -3,7 +3,7 @@
     python -m scripts.rag_finetune --knowledge_base data/my_kb --source mid --retriever_type dense --top_k 5
     torchrun --standalone --nproc_per_node=8 -m scripts.rag_finetune configs/rag_hybrid_d20.py --knowledge_base data/my_kb
 
-Retrieval is never run inside the loop: examples come pre-tokenised from nanochat.raft shards
+Retrieval is never run inside the loop: examples come pre-tokenised from nanochat.rag.raft shards
 (--dataset), or this script precomputes retrieval for the queries once and builds the shards
 itself. Loss is on assistant tokens only. Checkpoints go to <base_dir>/rag_checkpoints/<tag>/
 with a metrics CSV beside them; --resume continues a killed run with the same data order.
@@ -11,17 +11,18 @@ with a metrics CSV beside them; --resume continues a killed run with the same da
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
 from nanochat.cli import ArgumentParser
 from nanochat.common import (atomic_write_json, compute_cleanup, compute_init, get_base_dir, print0,
                              setup_logging, sha256_file)
-from nanochat import training as T
+from nanochat.train import data as train_data
+from nanochat.train import loop as T
+from nanochat.train import progress
+from nanochat.train import resume
 
 def main(argv=None):
     # -----------------------------------------------------------------------------
@@ -34,7 +35,7 @@ def main(argv=None):
     parser.add_argument("--max_doc_length", type=int, default=300, help="words kept per document (truncation; -1 = no limit)")
     parser.add_argument("--p_gold", type=float, default=0.8, help="RAFT: share of examples whose documents include the gold one")
     # data
-    parser.add_argument("--dataset", default=None, help="pre-tokenised shards from nanochat.raft (skips the build below)")
+    parser.add_argument("--dataset", default=None, help="pre-tokenised shards from nanochat.rag.raft (skips the build below)")
     parser.add_argument("--queries_train", default=None, help="training queries (default: queries_train.jsonl beside the KB, else doc questions)")
     parser.add_argument("--queries_val", default=None, help="validation queries (default: queries_val.jsonl beside the KB)")
     parser.add_argument("--base_tasks", default=None, help="general chat to mix in: SmolTalk (default; only if cached locally), none, or JSONL files")
@@ -94,18 +95,18 @@ def main(argv=None):
            f"-> {ckpt_dir}; pattern {model.config.block_pattern}; {n_threads} CPU threads")
 
     # -----------------------------------------------------------------------------
-    # Data: shards from nanochat.raft (built here once, on rank 0, when --dataset is not given)
+    # Data: shards from nanochat.rag.raft (built here once, on rank 0, when --dataset is not given)
     dataset_dir = Path(args.dataset) if args.dataset else ckpt_dir / "data" / "dataset"
     if not args.dataset:
         if rank == 0 and not (args.resume and (dataset_dir / "manifest.json").exists()):
-            T.build_rag_dataset(kb.path, args, dataset_dir, ckpt_dir / "data", tokenizer)
+            train_data.build_rag_dataset(kb.path, args, dataset_dir, ckpt_dir / "data", tokenizer)
         T.barrier()
-    from nanochat.raft import load_dataset_shards
+    from nanochat.rag.shards import load_dataset_shards
     train_examples = list(load_dataset_shards(str(dataset_dir), "train"))
     val_examples = list(load_dataset_shards(str(dataset_dir), "val"))
     if args.eval_examples > 0:  # a fixed subset: comparable across steps, cheap enough to run often
         val_examples = val_examples[: args.eval_examples]
-    task_examples = T.load_base_tasks(args.base_tasks, args.task_samples, len(train_examples), tokenizer,
+    task_examples = train_data.load_base_tasks(args.base_tasks, args.task_samples, len(train_examples), tokenizer,
                                       args.max_seq_len, args.seed)
     train_examples += task_examples
     data_hash = sha256_file(dataset_dir / "manifest.json")
@@ -133,16 +134,16 @@ def main(argv=None):
         model_data, optim_data, _ = load_checkpoint(str(ckpt_dir), start_step, device, load_optimizer=True)
         model.load_state_dict(model_data)
         optimizer.load_state_dict(optim_data)
-        state = T.load_train_state(ckpt_dir, start_step, rank)
+        state = resume.load_train_state(ckpt_dir, start_step, rank)
         loader.cursor = state["cursor"]
-        T.set_rng_state(state["rng"])
+        resume.set_rng_state(state["rng"])
         print0(f"resumed from step {start_step} (epoch {loader.cursor.epoch}, example {loader.cursor.position})")
     elif args.resume:
         print0(f"--resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
     loss_model = T.SupervisedLoss(model)  # lm_head only where the answer is
     ddp_model = T.wrap_ddp(loss_model, ddp, device)
     autocast_ctx = T.autocast_for(device)
-    log = T.MetricsLogger(ckpt_dir / "metrics.csv", run_name=args.run, config=vars(args), rank=rank,
+    log = progress.MetricsLogger(ckpt_dir / "metrics.csv", run_name=args.run, config=vars(args), rank=rank,
                           resume_step=start_step)
 
 
@@ -162,7 +163,7 @@ def main(argv=None):
                 "args": {k: v for k, v in vars(args).items() if k != "config_files"}}
         if rank == 0:
             save_checkpoint(str(ckpt_dir), step, model.state_dict(), optimizer.state_dict(), meta, tokenizer=tokenizer)
-        T.save_train_state(ckpt_dir, step, loader.cursor, rank)
+        resume.save_train_state(ckpt_dir, step, loader.cursor, rank)
         T.barrier()
 
 
@@ -171,8 +172,8 @@ def main(argv=None):
     print0(f"training {num_steps} steps ({steps_per_epoch}/epoch x {args.num_epochs}), batch "
            f"{args.device_batch_size}x{args.grad_accum_steps}x{world_size}, peak lr {lr * args.init_lr_frac:.2e}")
     model.train()
-    bar = T.progress_bar(num_steps, initial=start_step, desc="rag_finetune", rank=rank)
-    tput, t0 = T.Throughput(), time.time()
+    bar = progress.progress_bar(num_steps, initial=start_step, desc="rag_finetune", rank=rank)
+    tput, t0 = progress.Throughput(), time.time()
     metrics = {"train_loss": None, "val_loss": None}
     for step in range(start_step, num_steps):
         lr_now = T.set_lr(optimizer, T.lr_multiplier(step, num_steps, args.warmup_steps, warmdown_frac=1.0))

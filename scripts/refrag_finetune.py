@@ -5,17 +5,17 @@ REFRAG here means the guide's recursive multi-hop RAG trained with rewards, not 
     torchrun --standalone --nproc_per_node=8 -m scripts.refrag_finetune --knowledge_base data/my_kb \
         --source mid --max_hops 3 --top_k_per_hop 3 --use_rewards true --device_batch_size 2
 
-(a) Supervised warm-up: multi-hop retrieval is precomputed once (nanochat.precompute -> nanochat.multihop),
-    turned into RAFT-style multi_hop conversations (nanochat.refrag) and trained with the RAG loop's pieces
-    (nanochat.training); or --dataset gives ready shards (the workflow's).
+(a) Supervised warm-up: multi-hop retrieval is precomputed once (nanochat.retrieval.precompute -> nanochat.retrieval.multihop),
+    turned into RAFT-style multi_hop conversations (nanochat.rag.refrag) and trained with the RAG loop's pieces
+    (nanochat.train.loop); or --dataset gives ready shards (the workflow's).
 (b) --use_rewards true: for each training question sample --num_samples answers from the current model,
-    reward them (nanochat.rewards), advantage = reward - group mean, policy-gradient loss on the sampled
+    reward them (nanochat.rag.rewards), advantage = reward - group mean, policy-gradient loss on the sampled
     answer tokens only, for --rl_steps steps.
 (c) rewards, their components and held-out EM go to <ckpt>/rewards.csv and the console side by side;
     <ckpt>/rewards.png plots them. Checkpoints: <base_dir>/refrag_checkpoints/<tag>/; done.json is written last.
 
 Steps are numbered across both phases (warm-up 1..W, rewards W+1..W+R). --resume continues a killed run
-from its last checkpoint (model, optimizer, loader cursor and RNG via nanochat.training's train state);
+from its last checkpoint (model, optimizer, loader cursor and RNG via nanochat.train.loop's train state);
 reward-phase sampling is seeded by step, so a resumed run samples what the killed one would have.
 Prompts too long for the model are shortened (documents, then hop queries); those that still do not fit
 are skipped and counted, never a crash.
@@ -27,9 +27,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
-from nanochat import training as T
+from nanochat.train import data as train_data
+from nanochat.train import loop as T
+from nanochat.train import progress
+from nanochat.train import resume
 from nanochat.cli import ArgumentParser
 from nanochat.common import atomic_write_json, compute_cleanup, compute_init, get_base_dir, print0, setup_logging, sha256_file
 
@@ -54,7 +56,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--top_k", type=int, default=5, help="accepted for RAG config compatibility; documents per hop is --top_k_per_hop")
     p.add_argument("--max_doc_length", type=int, default=200, help="words kept per document")
     p.add_argument("--p_gold", type=float, default=0.8, help="RAFT: share of warm-up examples with every gold document")
-    p.add_argument("--dataset", default=None, help="pre-tokenised warm-up shards (nanochat.raft layout)")
+    p.add_argument("--dataset", default=None, help="pre-tokenised warm-up shards (nanochat.rag.raft layout)")
     p.add_argument("--queries_train", default=None, help="training queries (default: queries_train.jsonl beside the KB)")
     p.add_argument("--queries_val", default=None, help="held-out queries (default: queries_val.jsonl beside the KB)")
     p.add_argument("--base_tasks", default=None, help="comma list of general chat tasks to mix in (default SmolTalk, only if cached)")
@@ -88,16 +90,17 @@ def build_parser() -> ArgumentParser:
 
 def build_multihop_dataset(kb, args, dataset_dir: Path, work_dir: Path, tokenizer, files: dict | None = None) -> Path:
     """Precompute multi-hop retrieval (unless --retrieval) and write multi_hop RAFT shards + manifest."""
-    from nanochat.precompute import load_precomputed, precompute_retrieval
-    from nanochat.queries import load_queries
-    from nanochat.raft import ChunkStore, write_shards
-    from nanochat.refrag import build_multihop_examples, encode_multihop
+    from nanochat.retrieval.precompute import load_precomputed, precompute_retrieval
+    from nanochat.data.queries import load_queries
+    from nanochat.rag.conversation import ChunkStore
+    from nanochat.rag.shards import write_shards
+    from nanochat.rag.multihop_data import build_multihop_examples, encode_multihop
     if files is None:
-        files, _ = T.resolve_query_files(kb.path, args.queries_train, args.queries_val)
+        files, _ = train_data.resolve_query_files(kb.path, args.queries_train, args.queries_val)
         if not files:
             raise FileNotFoundError(f"REFRAG needs multi-hop training questions: pass --queries_train (none found beside {kb.path})")
         if "val" not in files:
-            files = T.split_train_val(files["train"], work_dir, seed=args.seed)
+            files = train_data.split_train_val(files["train"], work_dir, seed=args.seed)
     table_path = Path(args.retrieval) if args.retrieval else work_dir / "retrieval_multihop.parquet"
     if not args.retrieval:
         precompute_retrieval(kb.path, args.retriever_type, {k: str(v) for k, v in files.items()}, args.top_k_per_hop,
@@ -133,12 +136,12 @@ def is_multihop_table(path) -> bool:
 
 
 def base_task_examples(args, n_rag: int, tokenizer, base_dir) -> list:
-    """General chats mixed into the warm-up, as rag_finetune does (nanochat.training.load_base_tasks)."""
+    """General chats mixed into the warm-up, as rag_finetune does (nanochat.train.loop.load_base_tasks)."""
     import inspect
-    params = inspect.signature(T.load_base_tasks).parameters
+    params = inspect.signature(train_data.load_base_tasks).parameters
     if "n_rag" in params:
-        return T.load_base_tasks(args.base_tasks, args.task_samples, n_rag, tokenizer, args.max_seq_len, args.seed)
-    return T.load_base_tasks(args.base_tasks, args.task_samples, tokenizer, base_dir, args.max_seq_len, args.seed)
+        return train_data.load_base_tasks(args.base_tasks, args.task_samples, n_rag, tokenizer, args.max_seq_len, args.seed)
+    return train_data.load_base_tasks(args.base_tasks, args.task_samples, tokenizer, base_dir, args.max_seq_len, args.seed)
 
 
 def main(argv=None):
@@ -152,11 +155,15 @@ def main(argv=None):
     from nanochat.checkpoint_manager import find_last_step, load_checkpoint, load_model, save_checkpoint
     from nanochat.engine import Engine
     from nanochat.gpt import require_mamba
-    from nanochat.precompute import load_precomputed
-    from nanochat.queries import load_queries
-    from nanochat.raft import ChunkStore, load_dataset_shards
+    from nanochat.retrieval.precompute import load_precomputed
+    from nanochat.data.queries import load_queries
+    from nanochat.rag.conversation import ChunkStore
+    from nanochat.rag.shards import load_dataset_shards
     from nanochat.retrieval.kb import KnowledgeBase
-    from nanochat import refrag as R
+    from nanochat.rag import multihop_data as MD
+    from nanochat.rag import plots
+    from nanochat.rag import refrag_eval as RE
+    from nanochat.train import reward_phase as RP
 
     kb = KnowledgeBase.load(args.knowledge_base)  # "Knowledge base not found: ..." when missing
     base_dir = get_base_dir(args.base_dir)
@@ -187,7 +194,7 @@ def main(argv=None):
     if args.dataset and (dataset_dir / "manifest.json").is_file():
         kind = json.loads((dataset_dir / "manifest.json").read_text(encoding="utf-8")).get("kind")
         if kind != "multi_hop" and is_multihop_table(args.retrieval):
-            # nanochat.raft flattens hops into one single-hop message; REFRAG warms up on the multi_hop form
+            # nanochat.rag.raft flattens hops into one single-hop message; REFRAG warms up on the multi_hop form
             print0(f"{dataset_dir} holds single-hop shards; building multi_hop shards from {args.retrieval}")
             dataset_dir = work_dir / "dataset"
             files = {k: v for k, v in (("train", args.queries_train), ("val", args.queries_val)) if v}
@@ -206,19 +213,19 @@ def main(argv=None):
     train_examples += base_task_examples(args, len(train_examples), tokenizer, base_dir)
     data_hash = sha256_file(dataset_dir / "manifest.json")
     table_path = args.retrieval or manifest.get("retrieval")
-    qfiles = manifest.get("queries") or {k: str(v) for k, v in T.resolve_query_files(kb.path, args.queries_train, args.queries_val)[0].items()}
+    qfiles = manifest.get("queries") or {k: str(v) for k, v in train_data.resolve_query_files(kb.path, args.queries_train, args.queries_val)[0].items()}
     store = ChunkStore(kb.chunks)
     rl_items, heldout, skipped = [], [], {}
     prompt_budget = min(args.max_seq_len, model.config.sequence_len) - args.max_new_tokens
     if table_path and Path(table_path).is_file():
         table = load_precomputed(table_path)
         if "train" in qfiles:
-            rl_items = [it for it in R.prompt_items(load_queries(qfiles["train"]), table, store, "train", args.max_doc_length)
+            rl_items = [it for it in MD.prompt_items(load_queries(qfiles["train"]), table, store, "train", args.max_doc_length)
                         if it["hop_doc_ids"] and it["answers"]]
-            rl_items, skipped["reward"] = R.fit_items(tokenizer, rl_items, prompt_budget)
+            rl_items, skipped["reward"] = MD.fit_items(tokenizer, rl_items, prompt_budget)
         if "val" in qfiles:
-            heldout = R.prompt_items(load_queries(qfiles["val"]), table, store, "val", args.max_doc_length)
-            heldout, skipped["heldout"] = R.fit_items(tokenizer, [it for it in heldout if it["hop_doc_ids"]], prompt_budget)
+            heldout = MD.prompt_items(load_queries(qfiles["val"]), table, store, "val", args.max_doc_length)
+            heldout, skipped["heldout"] = MD.fit_items(tokenizer, [it for it in heldout if it["hop_doc_ids"]], prompt_budget)
             heldout = heldout[:args.eval_questions]
     print0(f"data: {len(train_examples)} warm-up / {len(val_examples)} val examples; {len(rl_items)} reward-phase "
            f"questions, {len(heldout)} held-out questions; prompts over {prompt_budget} tokens skipped: {skipped}")
@@ -242,29 +249,29 @@ def main(argv=None):
         model.load_state_dict(model_data)
         if optim_data is not None:
             optimizer.load_state_dict(optim_data)
-        state = T.load_train_state(ckpt_dir, start_step, rank)
+        state = resume.load_train_state(ckpt_dir, start_step, rank)
         loader.cursor = state["cursor"]
-        T.set_rng_state(state["rng"])
+        resume.set_rng_state(state["rng"])
         metrics.update({k: v for k, v in (meta.get("metrics") or {}).items() if k in metrics})
         print0(f"resumed from step {start_step} of {total_steps} ({num_steps} warm-up + {rl_steps} reward)")
     elif args.resume:
         print0(f"--resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
     ddp_model = T.wrap_ddp(model, ddp, device)
     autocast_ctx = T.autocast_for(device)
-    log = T.MetricsLogger(ckpt_dir / "metrics.csv", run_name=args.run, config=vars(args), rank=rank,
+    log = progress.MetricsLogger(ckpt_dir / "metrics.csv", run_name=args.run, config=vars(args), rank=rank,
                           resume_step=start_step)
     rewards_csv = ckpt_dir / "rewards.csv"
     if rank == 0:
-        R.truncate_csv(rewards_csv, start_step)  # a resumed run rewrites the steps after its checkpoint
+        RP.truncate_csv(rewards_csv, start_step)  # a resumed run rewrites the steps after its checkpoint
     t0 = time.time()
 
     def heldout_em() -> dict:
         if not heldout:
             return {}
         model.eval()
-        rows = R.evaluate_items(model, tokenizer, heldout, "refrag", args.max_new_tokens, desc="held-out")
+        rows = RE.evaluate_items(model, tokenizer, heldout, "refrag", args.max_new_tokens, desc="held-out")
         model.train()
-        s = R.summarize(rows)
+        s = RE.summarize(rows)
         return {"heldout_em": round(s["em"], 4), "heldout_f1": round(s["f1"], 4), "heldout_reward": round(s["reward"], 4)}
 
     def save(step: int, metrics: dict) -> None:
@@ -276,7 +283,7 @@ def main(argv=None):
                 "args": {k: v for k, v in vars(args).items() if k != "config_files"}}
         if rank == 0:
             save_checkpoint(str(ckpt_dir), step, model.state_dict(), optimizer.state_dict(), meta, tokenizer=tokenizer)
-        T.save_train_state(ckpt_dir, step, loader.cursor, rank)
+        resume.save_train_state(ckpt_dir, step, loader.cursor, rank)
         T.barrier()
 
     def checkpoint_due(done: int, phase_end: int) -> bool:
@@ -295,7 +302,7 @@ def main(argv=None):
     print0(f"warm-up: {num_steps} steps, batch {args.device_batch_size}x{args.grad_accum_steps}x{world_size}")
     model.train()
     if start_step < num_steps:
-        bar = T.progress_bar(num_steps, initial=start_step, desc="refrag warm-up", rank=rank)
+        bar = progress.progress_bar(num_steps, initial=start_step, desc="refrag warm-up", rank=rank)
         for step in range(start_step, num_steps):
             lr_now = T.set_lr(optimizer, T.lr_multiplier(step, num_steps, args.warmup_steps, warmdown_frac=1.0))
             loss_sum = 0.0
@@ -327,7 +334,7 @@ def main(argv=None):
             metrics["train_loss"] = train_loss
             log.log(step=done, loss=round(train_loss, 6), val_loss=val_loss, lr=lr_now, elapsed_s=round(time.time() - t0, 2))
             if rank == 0:
-                R.append_csv(rewards_csv, {"step": done, "phase": "warmup", "loss": round(train_loss, 6), **ev,
+                RP.append_csv(rewards_csv, {"step": done, "phase": "warmup", "loss": round(train_loss, 6), **ev,
                                            "elapsed_s": round(time.time() - t0, 2)})
             if checkpoint_due(done, num_steps):
                 save(done, dict(metrics))
@@ -351,29 +358,29 @@ def main(argv=None):
         rl_start = max(0, start_step - num_steps)
         print0(f"reward phase: {rl_steps} steps x {args.device_batch_size} questions x {args.num_samples} "
                f"samples x {world_size} ranks, lr {rl_lr:.2e}, temperature {args.temperature}")
-        bar = T.progress_bar(rl_steps, initial=rl_start, desc="refrag rewards", rank=rank)
+        bar = progress.progress_bar(rl_steps, initial=rl_start, desc="refrag rewards", rank=rank)
         for step in range(rl_start, rl_steps):
             comps: dict[str, list] = {}
             loss_sum = 0.0
             for b in range(args.device_batch_size):
                 i = ((step * args.device_batch_size + b) * world_size + rank) % len(rl_items)
                 item = rl_items[i]
-                prompt, _ = R.fit_prompt(tokenizer, item, prompt_budget)  # fits: fit_items kept only such items
+                prompt, _ = MD.fit_prompt(tokenizer, item, prompt_budget)  # fits: fit_items kept only such items
                 model.eval()
-                samples = R.sample_group(engine, prompt, args.num_samples, args.max_new_tokens, args.temperature,
+                samples = RP.sample_group(engine, prompt, args.num_samples, args.max_new_tokens, args.temperature,
                                          seed=args.seed * 100003 + step * 1009 + b * 31 + rank)
                 model.train()
-                scored = R.score_samples(tokenizer, samples, item)
+                scored = RP.score_samples(tokenizer, samples, item)
                 for s in scored:
-                    for k in R.REWARD_FIELDS:
+                    for k in RP.REWARD_FIELDS:
                         if k in s:
                             comps.setdefault(k, []).append(s[k])
-                adv = R.group_advantages([s["reward"] for s in scored]).to(device)
-                inputs, targets = R.policy_gradient_batch(prompt, samples, pad)
+                adv = RP.group_advantages([s["reward"] for s in scored]).to(device)
+                inputs, targets = RP.policy_gradient_batch(prompt, samples, pad)
                 if ddp:
                     ddp_model.require_backward_grad_sync = b == args.device_batch_size - 1
                 with autocast_ctx:
-                    loss = R.policy_gradient_loss(ddp_model, inputs.to(device), targets.to(device), adv)
+                    loss = RP.policy_gradient_loss(ddp_model, inputs.to(device), targets.to(device), adv)
                 (loss / args.device_batch_size).backward()
                 loss_sum += loss.item() / args.device_batch_size
             optimizer.step()
@@ -387,7 +394,7 @@ def main(argv=None):
             row["elapsed_s"] = round(time.time() - t0, 2)
             bar.update(1)
             if rank == 0:
-                R.append_csv(rewards_csv, row)
+                RP.append_csv(rewards_csv, row)
                 print0(" | ".join(f"{k} {row[k]}" for k in ("step", "reward", "f1", "recall", "citation", "unsupported",
                                                             "loss", "heldout_em", "heldout_reward") if k in row))
             if checkpoint_due(done, total_steps):
@@ -402,7 +409,7 @@ def main(argv=None):
     # -----------------------------------------------------------------------------
     # (c) plot and done marker (the workflow's declared output)
     if rank == 0:
-        png = R.plot_reward_curve(rewards_csv, ckpt_dir / "rewards.png") if rewards_csv.exists() else None
+        png = plots.plot_reward_curve(rewards_csv, ckpt_dir / "rewards.png") if rewards_csv.exists() else None
         atomic_write_json(ckpt_dir / "done.json", {
             "step": total_steps, "warmup_steps": num_steps, "rl_steps": rl_steps, "model_tag": out_tag,
             "kb_id": kb.kb_id, "metrics": metrics, "data_manifest_sha256": data_hash, "rewards_csv": str(rewards_csv),

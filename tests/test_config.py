@@ -10,7 +10,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from nanochat import workflow_tools as wt
+from nanochat.pipeline import config as wf_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
@@ -25,7 +25,7 @@ def load(rel):
 def test_configs_validate_and_get_defaults(rel):
     config = load(rel)
     validate(config, SCHEMA)
-    wt.check_config_references(config)
+    wf_config.check_config_references(config)
     run = next(iter(config["runs"].values()))
     assert 0 <= run["train"]["p_gold"] <= 1 and run["evaluate"]["max_new_tokens"] >= 1  # nested defaults filled
     assert set(run) >= {"retriever_type", "top_k", "k_max", "mode", "train", "evaluate"}  # defaults filled
@@ -89,7 +89,7 @@ def test_dangling_references_are_named():
     config["runs"]["synthetic_refrag"].update(k_max=1, top_k=2, compare_with="synthetic_refrag")
     config["runs"]["synthetic_rag"]["compare_with"] = "synthetic_rag"
     with pytest.raises(ValueError) as err:
-        wt.check_config_references(config)
+        wf_config.check_config_references(config)
     text = str(err.value)
     assert "runs.synthetic_rag.knowledge_base: 'nope' is not a key of knowledge_bases (known: synthetic)" in text
     assert "runs.synthetic_refrag: k_max=1 is smaller than top_k=2" in text
@@ -101,7 +101,7 @@ def test_schema_defaults_match_cli_defaults():
     """Where a library CLI has the same setting, the schema's default is the CLI's default."""
     schema = yaml.safe_load(Path(SCHEMA).read_text())["properties"]
     kb = schema["knowledge_bases"]["additionalProperties"]["properties"]
-    from nanochat import chunking
+    from nanochat.data import chunking
     src = Path(chunking.__file__).read_text()
     assert f'"--chunk_tokens", type=int, default={kb["chunk_tokens"]["default"]}' in src
     assert f'"--overlap", type=int, default={kb["chunk_overlap"]["default"]}' in src

@@ -19,7 +19,7 @@ def world(tmp_path_factory):
     from nanochat.checkpoint_manager import save_checkpoint
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.retrieval import build_knowledge_base
-    from nanochat.synthetic import generate_world
+    from nanochat.data.synthetic import generate_world
     from nanochat.tokenizer import Tokenizer
     root = tmp_path_factory.mktemp("refrag")
     data = root / "data"
@@ -83,7 +83,7 @@ def test_cli_rejects_zero_temperature(world, capsys):
 
 def test_policy_gradient_only_on_sampled_tokens_and_group_advantages():
     from nanochat.gpt import GPT, GPTConfig
-    from nanochat.refrag import group_advantages, policy_gradient_batch, policy_gradient_loss
+    from nanochat.train.reward_phase import group_advantages, policy_gradient_batch, policy_gradient_loss
     adv = group_advantages([1.0, 0.0, 0.5])
     assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0.0])) and group_advantages([0.3, 0.3]).abs().sum() == 0
     prompt, samples = [1, 2, 3, 4], [[7, 8, 9], [7]]
@@ -104,8 +104,11 @@ def test_policy_gradient_only_on_sampled_tokens_and_group_advantages():
 
 def test_heldout_comparison_hop_recall_and_plot(tmp_path):
     from nanochat.gpt import GPT, GPTConfig
-    from nanochat.raft import ChunkStore
-    from nanochat.refrag import append_csv, compare_conditions, plot_reward_curve, prompt_items
+    from nanochat.rag.conversation import ChunkStore
+    from nanochat.train.reward_phase import append_csv
+    from nanochat.rag.refrag_eval import compare_conditions
+    from nanochat.rag.plots import plot_reward_curve
+    from nanochat.rag.multihop_data import prompt_items
     from nanochat.tokenizer import Tokenizer
     chunks = pd.DataFrame([{"id": f"d{i}#0", "doc_id": f"d{i}", "title": f"T{i}", "content": f"fact number {i} is here"}
                            for i in range(4)])
@@ -166,7 +169,8 @@ def test_kill_and_resume_in_both_phases_with_prompts_too_long(world):
 
 
 def test_fit_prompt_shortens_hop_queries_then_skips(world):
-    from nanochat.refrag import encode_multihop, fit_items, multihop_conversation
+    from nanochat.rag.multihop_data import encode_multihop, fit_items
+    from nanochat.rag.conversation import multihop_conversation
     tok = world["tok"]
     long_q = " ".join(["Zentil Morland Quix Vora"] * 30)
     msg = {"role": "retrieval", "multi_hop": True, "hops": [
@@ -186,7 +190,8 @@ def test_fit_prompt_shortens_hop_queries_then_skips(world):
 def test_prompts_shorten_every_document_before_dropping_the_last_hop_and_keep_the_answer(world):
     """A two-hop answer is in the last hop's document: fitting a prompt must not drop it (the tokenizer alone
     would), and a training example whose shortened cited document lost the answer is skipped."""
-    from nanochat.refrag import encode_multihop, fit_prompt, message_documents, multihop_conversation
+    from nanochat.rag.multihop_data import encode_multihop, fit_prompt
+    from nanochat.rag.conversation import message_documents, multihop_conversation
     tok = world["tok"]
     filler = " ".join(f"Sentence {i} says little." for i in range(12))
     msg = {"role": "retrieval", "multi_hop": True, "hops": [
@@ -209,10 +214,11 @@ def test_prompts_shorten_every_document_before_dropping_the_last_hop_and_keep_th
 
 @pytest.mark.slow
 def test_workflow_dataset_from_raft_gets_multi_hop_shards(world, tmp_path):
-    """The workflow passes --dataset (nanochat.raft shards, hops flattened) and --retrieval (the multi-hop table):
+    """The workflow passes --dataset (nanochat.rag.raft shards, hops flattened) and --retrieval (the multi-hop table):
     the warm-up must still see the guide's multi_hop retrieval message."""
-    from nanochat.precompute import load_precomputed, precompute_retrieval
-    from nanochat.raft import build_dataset, load_dataset_shards
+    from nanochat.retrieval.precompute import load_precomputed, precompute_retrieval
+    from nanochat.rag.dataset import build_dataset
+    from nanochat.rag.shards import load_dataset_shards
     from scripts.refrag_finetune import main
     data = world["data"]
     files = {"train": str(data / "queries_train.jsonl"), "val": str(data / "queries_val.jsonl")}
@@ -239,7 +245,7 @@ def test_refrag_eval_cli_compares_refrag_rag_and_no_retrieval_on_the_same_questi
     """scripts.refrag_eval: one REFRAG and one RAG checkpoint, every condition on the same test questions, the RAG
     model shown max_hops x top_k_per_hop single-hop documents (equal budget), gains = differences of EMs."""
     import shutil
-    from nanochat.precompute import precompute_retrieval
+    from nanochat.retrieval.precompute import precompute_retrieval
     from scripts.refrag_eval import main as refrag_eval
     from scripts.refrag_finetune import main as refrag_finetune
     data, base = world["data"], world["base"]
@@ -275,7 +281,7 @@ def test_refrag_eval_cli_compares_refrag_rag_and_no_retrieval_on_the_same_questi
     assert (out / "em_by_hops.png").read_bytes()[:4] == b"\x89PNG" and (out / "rewards.png").is_file()
     # --rag_eval: the RAG run's own evaluation (same questions, same document count) supplies the rag and
     # no_retrieval answers; they are scored again here and give the same EM as generating them
-    from nanochat.evaluation import main as rag_eval
+    from nanochat.rag.evaluation import main as rag_eval
     rag_out = tmp_path / "rag_eval"
     rag_eval(["--knowledge_base", str(data / "kb"), "--retrieval", str(single), "--queries_test", files["test"],
               "--source", "rag", "--model_tag", "ev_rag", "--base_dir", str(base), "--top_k", "2",

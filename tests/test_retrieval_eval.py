@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nanochat.beir import load_corpus, load_qrels, load_queries
-from nanochat.retrieval_eval import compute_metrics, main, run_from_indices
+from nanochat.data.sources.beir import load_corpus, load_qrels, load_queries
+from nanochat.retrieval.evaluate import compute_metrics, main, run_from_indices
 
 SCIFACT = Path("/work/shared/data/scifact")
 

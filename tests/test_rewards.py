@@ -1,8 +1,8 @@
 """REFRAG reward on hand-made answers, including attempts to game it."""
 import pytest
 
-from nanochat import rewards as R
-from nanochat.qa_metrics import ABSTAIN_ANSWER
+from nanochat.rag import rewards as R
+from nanochat.rag.metrics import ABSTAIN_ANSWER
 
 DOCS = [
     {"id": "acme#0", "title": "Acme Labs", "content": "Acme Labs was founded by Vora Delm."},

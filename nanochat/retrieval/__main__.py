@@ -20,8 +20,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m nanochat.retrieval", description="Build or query a nanochat knowledge base.")
     # --- what to build from
     p.add_argument("--documents", default=None, help="documents JSONL (or a folder of .md/.txt) to build a KB from")
-    p.add_argument("--chunks", default=None, help="pre-made chunks.parquet (python -m nanochat.chunking) instead of --documents")
-    p.add_argument("--embeddings", default=None, help="pre-computed embeddings.npy matching --chunks (python -m nanochat.embeddings)")
+    p.add_argument("--chunks", default=None, help="pre-made chunks.parquet (python -m nanochat.data.chunking) instead of --documents")
+    p.add_argument("--embeddings", default=None, help="pre-computed embeddings.npy matching --chunks (python -m nanochat.retrieval.embeddings)")
     p.add_argument("--embedder_info", default=None, help="JSON file describing --embeddings (model, precision)")
     p.add_argument("--output", default=None, help="KB directory to create or extend")
     # --- index settings
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     try:
         return run_query(args) if args.knowledge_base else run_build(args)
     except Exception as e:  # user-facing CLI: one clear line instead of a traceback
-        from nanochat.documents import DocumentValidationError
+        from nanochat.data.documents import DocumentValidationError
         from nanochat.retrieval.kb import KnowledgeBaseError
         if isinstance(e, (DocumentValidationError, KnowledgeBaseError, FileNotFoundError, ImportError, ValueError)):
             print(f"ERROR {e}", file=sys.stderr)

@@ -112,7 +112,7 @@ class DenseRetriever(Retriever):
         faiss = _faiss()
         s = {**cls.DEFAULTS, **{k: v for k, v in (settings or {}).items() if k in cls.DEFAULTS}}
         if embeddings is None:  # a KB built without the embed stage: encode here
-            from nanochat.embeddings import encode_texts
+            from nanochat.retrieval.embeddings import encode_texts
             from nanochat.retrieval.kb import passage_texts
             embeddings = encode_texts(passage_texts(chunks), s["model"], precision=s["precision"])
         n, d = embeddings.shape
@@ -151,7 +151,7 @@ class DenseRetriever(Retriever):
         if emb.get("model") and "model" not in overrides:
             settings["model"] = emb["model"]
         if "precision" not in overrides:  # ... and at the precision they were encoded with, where this host can run it
-            from nanochat.embeddings import query_precision
+            from nanochat.retrieval.embeddings import query_precision
             settings["precision"] = query_precision(emb.get("precision") or settings.get("precision"))
         index = faiss.read_index(str(out_dir / "index.faiss"))
         if settings.get("index_kind") == "ivf":
@@ -167,7 +167,7 @@ class DenseRetriever(Retriever):
         return cls(index, settings, Path(kb.path))
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
-        from nanochat.embeddings import encode_texts
+        from nanochat.retrieval.embeddings import encode_texts
         return encode_texts(queries, self.settings["model"], batch_size=64, precision=self.settings["precision"],
                             show_progress=len(queries) > 1000)
 

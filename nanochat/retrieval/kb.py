@@ -172,7 +172,7 @@ class KnowledgeBase:
     @property
     def chunks(self):
         if self._chunks is None:
-            from nanochat.chunking import read_chunks
+            from nanochat.data.chunking import read_chunks
             self._chunks = read_chunks(self.path / CHUNKS)
         return self._chunks
 
@@ -214,7 +214,7 @@ class KnowledgeBase:
 
 def _compute_embeddings(chunks, model: str, precision: str, show_progress: bool):
     try:
-        from nanochat.embeddings import embedder_info, encode_texts
+        from nanochat.retrieval.embeddings import embedder_info, encode_texts
         emb = encode_texts(passage_texts(chunks), model_name=model, precision=precision, show_progress=show_progress)
         info = embedder_info(model, precision)
     except ImportError as e:
@@ -237,7 +237,7 @@ def _check_embeddings(emb: np.ndarray, n: int, where: str) -> np.ndarray:
         emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != n:
         raise ValueError(f"{where}: embeddings have shape {emb.shape}, expected ({n}, dim) for {n} chunks; "
-                         "re-run python -m nanochat.embeddings on the same chunks.parquet")
+                         "re-run python -m nanochat.retrieval.embeddings on the same chunks.parquet")
     lo, hi = np.inf, -np.inf
     for start in range(0, n, CHECK_BLOCK):
         norms = np.linalg.norm(emb[start:start + CHECK_BLOCK], axis=1)
@@ -251,7 +251,7 @@ def _check_embeddings(emb: np.ndarray, n: int, where: str) -> np.ndarray:
 def _build(chunks, output_dir, retriever_types, chunker: dict, n_documents: int, embeddings=None, embedding_info=None,
            model: str = DEFAULT_MODEL, precision: str = "auto", retriever_settings: dict | None = None,
            documents_sha256: str | None = None, show_progress: bool = True) -> KnowledgeBase:
-    from nanochat.chunking import chunks_to_frame
+    from nanochat.data.chunking import chunks_to_frame
     import pandas as pd
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -348,8 +348,8 @@ def build_knowledge_base(documents, output_dir, retriever_types=("simple",), mod
                          retriever_settings: dict | None = None, rejected_path=None,
                          show_progress: bool = True) -> KnowledgeBase:
     """documents (JSONL path, folder of .md/.txt, or list of dicts) -> validated, chunked, indexed KB."""
-    from nanochat.chunking import TOKENIZER_ID, chunk_documents
-    from nanochat.documents import content_hash, load_documents
+    from nanochat.data.chunking import TOKENIZER_ID, chunk_documents
+    from nanochat.data.documents import content_hash, load_documents
     docs = load_documents(documents, mode=validation, rejected_path=rejected_path)
     rows = chunk_documents(docs, chunk_tokens, chunk_overlap, show_progress=show_progress)
     settings = dict(retriever_settings or {})
@@ -371,7 +371,7 @@ def build_knowledge_base_from_chunks(chunks_path, output_dir, retriever_types=("
     embedder_info: dict or path to a JSON file describing the embeddings (model, precision, ...);
     default: the sidecar `<embeddings stem>.json` when present.
     """
-    from nanochat.chunking import read_chunks
+    from nanochat.data.chunking import read_chunks
     chunks = read_chunks(chunks_path)
     if embedder_info is None and embeddings_path is not None and Path(embeddings_path).with_suffix(".json").is_file():
         embedder_info = Path(embeddings_path).with_suffix(".json")  # the embed stage's sidecar (embeddings.json)

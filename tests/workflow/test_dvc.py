@@ -25,7 +25,7 @@ def digest(paths):
 
 
 def test_committed_dvc_yaml_matches_generator():
-    proc = subprocess.run([sys.executable, "-m", "nanochat.workflow_tools", "dvc", "--check"], cwd=ROOT, text=True,
+    proc = subprocess.run([sys.executable, "-m", "nanochat.pipeline", "dvc", "--check"], cwd=ROOT, text=True,
                           capture_output=True)
     assert proc.returncode == 0, proc.stderr[-5000:]
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -55,7 +55,7 @@ def dvc_outputs(work):
 def test_dvc_repro_push_pull_round_trip(tmp_path):
     """Whole pipeline: repro on a fresh copy, no-op second repro, push/pull restores every output, Snakemake agrees."""
     work = copy_workflow(tmp_path / "work")
-    run(work, sys.executable, "-m", "nanochat.workflow_tools", "dvc", "--configfile", TINY)
+    run(work, sys.executable, "-m", "nanochat.pipeline", "dvc", "--configfile", TINY)
     run(work, "dvc", "init", "--no-scm", "-q")
     run(work, "dvc", "repro")  # every stage, documents -> report, each through Snakemake
     stages, outs = dvc_outputs(work)

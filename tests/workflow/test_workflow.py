@@ -20,7 +20,7 @@ FULL_RAG = {"validate_documents", "chunk_documents", "build_index", "train_token
 
 def jobs_of(configfile):
     """Rule -> job count of the whole DAG (as with --forceall), via the generator's job table."""
-    code = ("import json, collections; from nanochat.workflow_tools import snakemake_jobs; "
+    code = ("import json, collections; from nanochat.pipeline.dvc import snakemake_jobs; "
             f"print(json.dumps(collections.Counter(j['rule'] for j in snakemake_jobs(configfile={configfile!r}))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, text=True, capture_output=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -6,7 +6,7 @@ A question's gold doc_ids are the paragraphs of its supporting-fact titles (two 
 question), hops = 2. Splits are by a seeded hash of the question id; the corpus is shared by all
 splits, as in HotpotQA's distractor setting (paragraphs, not questions, are the retrieval units).
 
-    python -m nanochat.hotpotqa --input /work/shared/data/hotpotqa/dev.jsonl --output data/hotpotqa
+    python -m nanochat.data.sources.hotpotqa --input /work/shared/data/hotpotqa/dev.jsonl --output data/hotpotqa
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from nanochat.cli import ArgumentParser
 from nanochat.common import atomic_write_json, sha256_file
-from nanochat.queries import write_queries
-from nanochat.synthetic import _write_jsonl
+from nanochat.data.queries import write_queries
+from nanochat.data.synthetic import _write_jsonl
 
 
 def doc_id_for(title: str) -> str:

@@ -11,7 +11,7 @@ boundary that fits the budget, if that keeps it at least half full; otherwise (a
 sentence) it is cut at word level. The next
 chunk starts up to `overlap` tokens back, at a sentence start when one lies in that window.
 
-    python -m nanochat.chunking --input valid.jsonl --output chunks.parquet --chunk_tokens 256 --overlap 32
+    python -m nanochat.data.chunking --input valid.jsonl --output chunks.parquet --chunk_tokens 256 --overlap 32
 """
 from __future__ import annotations
 
@@ -120,15 +120,15 @@ def read_chunks(path: str | Path):
     df = pd.read_parquet(path)
     missing = [c for c in ("id", "doc_id", "title", "content") if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: not a chunks file, missing column(s) {missing}; make one with python -m nanochat.chunking")
+        raise ValueError(f"{path}: not a chunks file, missing column(s) {missing}; make one with python -m nanochat.data.chunking")
     return df
 
 
 def main(argv=None) -> int:
     from nanochat.cli import ArgumentParser
-    from nanochat.documents import load_documents
+    from nanochat.data.documents import load_documents
     parser = ArgumentParser(description="Chunk validated documents into chunks.parquet.")
-    parser.add_argument("--input", required=True, help="valid documents JSONL (output of python -m nanochat.documents)")
+    parser.add_argument("--input", required=True, help="valid documents JSONL (output of python -m nanochat.data.documents)")
     parser.add_argument("--output", required=True, help="chunks.parquet to write")
     parser.add_argument("--chunk_tokens", type=int, default=256, help="max tokens per chunk (regex word/punct tokens)")
     parser.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive chunks of a document")

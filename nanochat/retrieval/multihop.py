@@ -20,7 +20,7 @@ Documents already retrieved are never returned again: each hop fetches deep enou
 top_k_per_hop unseen chunks and filters. A question stops early when a hop brings nothing new. Every
 hop is one `search_batch` call over all still-active questions.
 
-Rows (one per retrieved chunk) feed the precomputed retrieval table (nanochat.precompute):
+Rows (one per retrieved chunk) feed the precomputed retrieval table (nanochat.retrieval.precompute):
     {query_index, hop, hop_query, rank (1-based within the hop), chunk_index, chunk_id, doc_id, score}
 `retrieval_message(...)` renders them as the guide's multi_hop retrieval message.
 """
@@ -267,7 +267,7 @@ def engine_query_writer(engine, max_tokens: int = 32, max_doc_words: int = 60) -
 
 
 def main(argv=None) -> int:
-    """Show the hops for a few questions: python -m nanochat.multihop --knowledge_base KB --question "..." """
+    """Show the hops for a few questions: python -m nanochat.retrieval.multihop --knowledge_base KB --question "..." """
     from nanochat.cli import ArgumentParser
     p = ArgumentParser(description="Multi-hop retrieval for one or more questions (prints hops)")
     p.add_argument("--knowledge_base", required=True, help="KB directory")

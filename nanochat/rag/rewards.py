@@ -19,7 +19,7 @@ Hacks it is built to resist (tests/test_rewards.py has a case for each):
 """
 from __future__ import annotations
 
-from nanochat import qa_metrics as M
+from nanochat.rag import metrics as M
 
 W_F1 = 0.6               # answer quality dominates
 W_RECALL = 0.2           # gold supporting documents found over the hops

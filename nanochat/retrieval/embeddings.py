@@ -9,14 +9,13 @@ directory. Vectors are float32 and L2-normalised, so inner product == cosine.
     info = embedder_info("all-MiniLM-L6-v2")              # goes into the KB id
 
 CLI (the workflow's embed stage):
-    python -m nanochat.embeddings --chunks chunks.parquet --output embeddings.npy [--model NAME --batch_size 32 --precision auto]
+    python -m nanochat.retrieval.embeddings --chunks chunks.parquet --output embeddings.npy [--model NAME --batch_size 32 --precision auto]
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
-import json
 import os
 from pathlib import Path
 

@@ -9,7 +9,7 @@ Three kinds of leak, per held-out question:
 The leak rate is leaked held-out questions / held-out questions; above --max_leak_rate
 (default 0.0) the check fails (exit 1 / LeakageError).
 
-    python -m nanochat.leakage --train q_train.jsonl --heldout val=q_val.jsonl test=q_test.jsonl --output leakage.json
+    python -m nanochat.data.leakage --train q_train.jsonl --heldout val=q_val.jsonl test=q_test.jsonl --output leakage.json
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from nanochat.cli import ArgumentParser
 from nanochat.common import atomic_write_json
-from nanochat.qa_metrics import normalize_answer
-from nanochat.queries import load_queries
+from nanochat.rag.metrics import normalize_answer
+from nanochat.data.queries import load_queries
 
 # capitalised words that start questions rather than name things
 QUESTION_WORDS = {"what", "when", "where", "who", "whom", "whose", "which", "why", "how", "in", "on", "at", "for",

@@ -25,8 +25,87 @@ import logging
 import math
 from pathlib import Path
 
-logger = logging.getLogger("nanochat.refrag_eval")
+import numpy as np
 
+from nanochat.rag.conversation import SYSTEM_PROMPT, message_documents, multihop_conversation
+from nanochat.rag.rewards import compute_reward
+
+logger = logging.getLogger("nanochat.rag.refrag_eval")
+
+
+# -----------------------------------------------------------------------------
+# Items scored under each condition
+
+def hop_recall(item: dict, max_hops: int) -> dict:
+    """For h = 1..max_hops: share of gold documents found within hops <= h, and whether all were."""
+    gold = set(item.get("doc_ids") or [])
+    out, found = {}, set()
+    for h in range(1, max_hops + 1):
+        if h <= len(item["hop_doc_ids"]):
+            found |= set(item["hop_doc_ids"][h - 1])
+        out[f"recall_hop{h}"] = len(gold & found) / len(gold) if gold else math.nan
+        out[f"all_gold_hop{h}"] = float(gold <= found) if gold else math.nan
+    return out
+
+def conversation_for(item: dict, condition: str) -> dict:
+    if condition == "refrag":
+        return multihop_conversation(item["question"], item["message"])
+    if condition == "rag":
+        return multihop_conversation(item["question"], {"role": "retrieval", "documents": item["single_documents"]})
+    return {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": item["question"]}]}
+
+def evaluate_items(model, tokenizer, items: list[dict], condition: str = "refrag", max_tokens: int = 32,
+                   desc: str | None = None) -> list[dict]:
+    """Greedy answers under one condition -> per-question rows (em, f1, reward, hops, retrieval recall)."""
+    from tqdm.auto import tqdm
+    from nanochat.engine import Engine
+    engine = Engine(model, tokenizer)
+    rows = []
+    for it in tqdm(items, desc=desc or condition, mininterval=2.0, disable=len(items) < 20):
+        conv = conversation_for(it, condition)
+        text, _ = engine.generate_from_conversation(conv, max_tokens=max_tokens, temperature=0.0)
+        docs = [] if condition == "no_retrieval" else message_documents(conv["messages"][1])
+        rows.append(score_row(it, condition, text, docs))
+    return rows
+
+def score_row(item: dict, condition: str, answer: str, docs: list[dict]) -> dict:
+    """One evaluation row: an answer given under a condition, scored against the documents it was shown."""
+    r = compute_reward(answer, item["answers"], docs, item.get("doc_ids"))
+    return {"id": item["id"], "hops": int(item.get("hops", 1)), "condition": condition, "answer": answer.strip(),
+            "em": r["em"], "f1": r["f1"], "reward": r["reward"], "citation": r["citation"],
+            "retrieval_recall": r["recall"] if docs else math.nan}
+
+def summarize(rows: list[dict], items: list[dict] | None = None, max_hops: int = 3) -> dict:
+    """Means of em/f1/reward, EM by hop count, and (with items) per-hop retrieval recall."""
+    def mean(v):
+        v = [x for x in v if not (isinstance(x, float) and math.isnan(x))]
+        return float(np.mean(v)) if v else math.nan
+    out = {k: mean([r[k] for r in rows]) for k in ("em", "f1", "reward", "retrieval_recall")}
+    out["n"] = len(rows)
+    by: dict[int, list] = {}
+    for r in rows:
+        by.setdefault(r["hops"], []).append(r["em"])
+    out["em_by_hops"] = {str(h): mean(v) for h, v in sorted(by.items())}
+    if items is not None:
+        per = [hop_recall(it, max_hops) for it in items]
+        out["hop_recall"] = {k: mean([p[k] for p in per]) for k in per[0]} if per else {}
+    return out
+
+def compare_conditions(models: dict, items: list[dict], max_tokens: int = 32, max_hops: int = 3) -> tuple[dict, list]:
+    """models: {label: (model, tokenizer, condition)}, e.g. {"refrag": (m1, tok, "refrag"), "rag": (m2, tok, "rag"),
+    "no_retrieval": (m2, tok, "no_retrieval")}; all on the same items -> (metrics by label, all rows)."""
+    metrics, all_rows = {}, []
+    for label, (model, tok, cond) in models.items():
+        rows = evaluate_items(model, tok, items, cond, max_tokens, desc=label)
+        for r in rows:
+            r["label"] = label
+        metrics[label] = summarize(rows, items if cond == "refrag" else None, max_hops)
+        all_rows += rows
+    return metrics, all_rows
+
+
+# -----------------------------------------------------------------------------
+# The CLI
 
 def em_gain(metrics: dict, baseline: str = "rag") -> dict:
     """REFRAG EM minus the baseline's, overall and per hop count."""
@@ -43,7 +122,7 @@ def reused_rag_rows(eval_dir, items: list[dict], top_k: int, model_tag: str | No
     the same model, greedy, on the same questions), so they are not generated twice. None, with the reason
     logged, unless that evaluation showed top_k documents, used model_tag and answered every item."""
     import pandas as pd
-    from nanochat.refrag import score_row
+    from nanochat.rag.refrag_eval import score_row
     eval_dir = Path(eval_dir)
     metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
     why = None
@@ -72,9 +151,9 @@ def _rounded(v):
 
 
 def build_parser():
-    from nanochat.evaluation import eval_parser
+    from nanochat.rag.evaluation import eval_parser
     p = eval_parser("Held-out REFRAG evaluation: REFRAG vs RAG vs no retrieval",
-                    "precomputed multi-hop retrieval Parquet (nanochat.precompute --max_hops N)", source="refrag",
+                    "precomputed multi-hop retrieval Parquet (nanochat.retrieval.precompute --max_hops N)", source="refrag",
                     max_tokens=32)
     p.add_argument("--rag_model_tag", default=None, help="RAG checkpoint tag for the rag condition (none: condition left out)")
     p.add_argument("--rag_retrieval", default=None, help="single-hop table for the rag condition (default: hop 1 of --retrieval)")
@@ -86,14 +165,14 @@ def build_parser():
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    from nanochat import plots
-    from nanochat import refrag as R
+    from nanochat.rag import multihop_data as MD
+    from nanochat.rag import plots
     from nanochat.checkpoint_manager import load_model
     from nanochat.common import atomic_write_json, get_base_dir, print0, setup_logging
-    from nanochat.evaluation import load_evaluated, write_rows_csv
-    from nanochat.precompute import load_precomputed
-    from nanochat.queries import load_queries
-    from nanochat.raft import ChunkStore
+    from nanochat.rag.evaluation import load_evaluated, write_rows_csv
+    from nanochat.retrieval.precompute import load_precomputed
+    from nanochat.data.queries import load_queries
+    from nanochat.rag.conversation import ChunkStore
     setup_logging()
     device, kb, model, tokenizer, meta = load_evaluated(args)
     train_args = meta.get("args", {})
@@ -108,14 +187,14 @@ def main(argv=None) -> dict:
     queries = queries if args.max_questions < 0 else queries[:args.max_questions]
     table = load_precomputed(args.retrieval)
     single = load_precomputed(args.rag_retrieval) if args.rag_retrieval else None
-    items = R.prompt_items(queries, table, ChunkStore(kb.chunks), args.split, max_doc_length,
+    items = MD.prompt_items(queries, table, ChunkStore(kb.chunks), args.split, max_doc_length,
                            single_table=single, top_k_single=rag_top_k)
     missing = [it["id"] for it in items if not it["hop_doc_ids"]]
     if missing:
         raise ValueError(f"{len(missing)} of {len(items)} queries (e.g. {missing[0]}) have no rows for split "
                          f"'{args.split}' in {args.retrieval}; precompute multi-hop retrieval for {args.queries_test}")
     budget = model.config.sequence_len - args.max_tokens
-    items, too_long = R.fit_items(tokenizer, items, budget)  # documents shortened to fit, as in training
+    items, too_long = MD.fit_items(tokenizer, items, budget)  # documents shortened to fit, as in training
     if too_long:
         logger.warning("%d questions do not fit %d prompt tokens even without documents: left out", too_long, budget)
 
@@ -131,9 +210,9 @@ def main(argv=None) -> dict:
     print0(f"refrag_eval: {len(items)} questions; refrag {meta.get('model_tag')} ({max_hops} hops x {per_hop}); "
            f"rag {args.rag_model_tag or '-'} (top {rag_top_k}{', answers from ' + str(args.rag_eval) if reused else ''}); "
            f"max_tokens {args.max_tokens}")
-    by_label, rows = R.compare_conditions(models, items, args.max_tokens, max_hops)
+    by_label, rows = compare_conditions(models, items, args.max_tokens, max_hops)
     for label, label_rows in (reused or {}).items():  # the RAG run's own answers: RAG model, with and without documents
-        by_label[label] = R.summarize(label_rows, None, max_hops)
+        by_label[label] = summarize(label_rows, None, max_hops)
         rows += label_rows
 
     ref = by_label["refrag"]
@@ -159,7 +238,7 @@ def main(argv=None) -> dict:
     ckpt_dir = Path(args.source) if Path(args.source).is_dir() else \
         get_base_dir(args.base_dir) / f"{args.source}_checkpoints" / str(meta.get("model_tag"))
     if (ckpt_dir / "rewards.csv").is_file():  # written by scripts.refrag_finetune beside its checkpoints
-        R.plot_reward_curve(ckpt_dir / "rewards.csv", out / "rewards.png")
+        plots.plot_reward_curve(ckpt_dir / "rewards.csv", out / "rewards.png")
     atomic_write_json(out / "metrics.json", metrics)  # last: the workflow's declared output
     print0(json.dumps(_rounded({k: metrics.get(k) for k in ("n", "em", "em_rag", "em_no_retrieval", "em_by_hops",
                                                              "hop_recall", "em_gain_over_rag")})))

@@ -7,7 +7,7 @@ same key is a no-op, so Snakemake/DVC reruns and repeated fine-tunes cost nothin
 
 Columns: split, query_id, hop, hop_query, rank (1-based), chunk_id, doc_id, score.
 
-    python -m nanochat.precompute --knowledge_base KB --retriever_type bm25 \
+    python -m nanochat.retrieval.precompute --knowledge_base KB --retriever_type bm25 \
         --queries train=q_train.jsonl val=q_val.jsonl --k_max 20 --output retrieval.parquet
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from nanochat.cli import ArgumentParser
 from nanochat.common import atomic_path, atomic_write_json, sha256_file
-from nanochat.queries import load_queries
+from nanochat.data.queries import load_queries
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,11 @@ def _single_hop(manager, split: str, queries: list[dict], k_max: int, batch_size
 
 def _multi_hop(manager, split: str, queries: list[dict], max_hops: int, top_k_per_hop: int,
                strategy: str) -> pd.DataFrame:
-    """Delegate to nanochat.multihop; its rows carry query_index (position in `questions`)."""
+    """Delegate to nanochat.retrieval.multihop; its rows carry query_index (position in `questions`)."""
     try:
-        from nanochat.multihop import multihop_retrieve
+        from nanochat.retrieval.multihop import multihop_retrieve
     except ImportError as e:
-        raise RuntimeError(f"max_hops={max_hops} needs nanochat.multihop.multihop_retrieve (REFRAG multi-hop "
+        raise RuntimeError(f"max_hops={max_hops} needs nanochat.retrieval.multihop.multihop_retrieve (REFRAG multi-hop "
                            f"retrieval), which could not be imported ({e}). Use --max_hops 1 for single-hop "
                            f"retrieval.") from None
     rows = multihop_retrieve(manager, [q["question"] for q in queries], max_hops=max_hops,
@@ -142,7 +142,7 @@ def load_precomputed(path) -> pd.DataFrame:
     """Read a retrieval table, checking its columns (clear error for a wrong or partial file)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"retrieval table not found: {path} (run python -m nanochat.precompute first)")
+        raise FileNotFoundError(f"retrieval table not found: {path} (run python -m nanochat.retrieval.precompute first)")
     table = pd.read_parquet(path)
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
@@ -176,9 +176,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--retriever_type", default="bm25", help="simple|bm25|dense|hybrid")
     p.add_argument("--queries", nargs="+", required=True, help="split=path pairs, e.g. train=q.jsonl val=v.jsonl")
     p.add_argument("--k_max", type=int, default=20, help="hits kept per query; any k <= k_max is a slice")
-    p.add_argument("--max_hops", type=int, default=1, help="1 = single hop; >1 uses nanochat.multihop")
+    p.add_argument("--max_hops", type=int, default=1, help="1 = single hop; >1 uses nanochat.retrieval.multihop")
     p.add_argument("--top_k_per_hop", type=int, default=3, help="documents per hop (max_hops > 1)")
-    p.add_argument("--strategy", default="append", help="follow-up query strategy passed to nanochat.multihop")
+    p.add_argument("--strategy", default="append", help="follow-up query strategy passed to nanochat.retrieval.multihop")
     p.add_argument("--batch_size", type=int, default=256, help="queries per search_batch call")
     p.add_bool("--force", default=False, help="recompute even when the key matches")
     p.add_argument("--output", required=True, help="output .parquet (meta at <output>.meta.json)")

@@ -15,7 +15,7 @@ a retrieved document. Design choices that make copying learnable:
 Two-hop questions ("In which city was the founder of X born?") need the company document and
 then the person document; their doc_ids list both, in hop order.
 
-    python -m nanochat.synthetic --output data/synth --seed 0 --n_entities 2000
+    python -m nanochat.data.synthetic --output data/synth --seed 0 --n_entities 2000
 """
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def generate_world(output_dir, seed: int = 0, n_entities: int = 2000, val_fracti
     for split, rows in queries.items():
         _write_jsonl(out / f"queries_{split}.jsonl", rows)
     manifest = {
-        "generator": "nanochat.synthetic", "seed": seed, "n_entities": n_entities,
+        "generator": "nanochat.data.synthetic", "seed": seed, "n_entities": n_entities,
         "val_fraction": val_fraction, "test_fraction": test_fraction, "two_hop": two_hop,
         "n_documents": len(documents),
         "n_queries": {s: len(r) for s, r in queries.items()},

@@ -8,7 +8,7 @@ occurs in that document and in no other, so retrieval + copying is the only way 
           answer = the whole sentence mentioning that keyword.
 Train/val are split by document, so val questions are about documents never asked about in training.
 
-    python -m nanochat.doc_questions --knowledge_base KB --n 500 --output DIR   # -> queries_{train,val}.jsonl
+    python -m nanochat.data.doc_questions --knowledge_base KB --n 500 --output DIR   # -> queries_{train,val}.jsonl
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from nanochat.cli import ArgumentParser
-from nanochat.leakage import QUESTION_WORDS
-from nanochat.qa_metrics import normalize_answer
-from nanochat.queries import write_queries
+from nanochat.data.leakage import QUESTION_WORDS
+from nanochat.rag.metrics import normalize_answer
+from nanochat.data.queries import write_queries
 
 _SENT = re.compile(r"(?<=[.!?])\s+")
 _NUMBER = re.compile(r"\$?\d[\d,.]*(?:-\d[\d,.]*)?%?(?:\s+(?:business\s+)?(?:days|hours|minutes|weeks|months|years|"

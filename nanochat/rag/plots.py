@@ -73,7 +73,7 @@ def em_by_hops(metrics: dict, path, title: str = "EM by hop count") -> Path:
 
 def training_curves(csv_path, path) -> Path:
     """Train loss per step and val loss where measured, from a metrics.csv written by MetricsLogger."""
-    from nanochat.training import read_metrics_csv
+    from nanochat.train.progress import read_metrics_csv
     cols = read_metrics_csv(csv_path)
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = cols.get("step", [])
@@ -86,3 +86,30 @@ def training_curves(csv_path, path) -> Path:
     ax.set_title(f"training curves: {Path(csv_path).parent.name}")
     ax.legend()
     return _save(fig, path)
+
+
+def plot_reward_curve(csv_path, png_path) -> Path:
+    """Mean reward of the sampled answers (reward phase), and held-out EM and reward of greedy answers on the
+    same held-out questions, over training steps, one PNG."""
+    import pandas as pd
+    df = pd.read_csv(csv_path)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    rl = df[df["phase"] == "reward"].dropna(subset=["reward"])
+    if len(rl):
+        ax.plot(rl["step"], rl["reward"].rolling(5, min_periods=1).mean(), label="mean reward (rolling 5)")
+    ev = df.dropna(subset=["heldout_em"])
+    if len(ev):
+        ax.plot(ev["step"], ev["heldout_em"], "o-", label="held-out EM")
+    if "heldout_reward" in df:
+        hr = df.dropna(subset=["heldout_reward"])
+        ax.plot(hr["step"], hr["heldout_reward"], "s--", label="held-out reward (greedy)")
+    ax.set_xlabel("step")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="best")
+    ax.set_title("REFRAG: reward and held-out EM")
+    fig.tight_layout()
+    png_path = Path(png_path)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return png_path

@@ -4,7 +4,7 @@ Documents are the unique paragraphs (title = article title); each question's gol
 its paragraph. Splits are by *article* (sorted by a seeded hash, then cut by fractions), so
 no test paragraph or article ever appears in training.
 
-    python -m nanochat.squad --input /work/shared/data/squad/dev.json --output data/squad
+    python -m nanochat.data.sources.squad --input /work/shared/data/squad/dev.json --output data/squad
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from nanochat.cli import ArgumentParser
 from nanochat.common import atomic_write_json, sha256_file
-from nanochat.queries import write_queries
-from nanochat.synthetic import _write_jsonl
+from nanochat.data.queries import write_queries
+from nanochat.data.synthetic import _write_jsonl
 
 
 def _field(obj, key, typ, where):

@@ -1,6 +1,6 @@
 """Held-out RAG evaluation: generate answers with the Engine and score them.
 
-The documents come from the PRECOMPUTED retrieval table (nanochat.precompute), never from a
+The documents come from the PRECOMPUTED retrieval table (nanochat.retrieval.precompute), never from a
 retriever in the loop, so an evaluation is reproducible and costs generation time only. The same
 model is scored three ways on the same questions:
 
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nanochat import qa_metrics as M
+from nanochat.rag import metrics as M
+from nanochat.rag.conversation import build_conversation, truncate_words
 
-logger = logging.getLogger("nanochat.evaluation")
+logger = logging.getLogger("nanochat.rag.evaluation")
 CONDITIONS = ("retrieval", "no_retrieval", "oracle")
 
 
@@ -59,7 +60,7 @@ def load_items(queries, table, kb, top_k: int, split: str | None = None, max_que
         items.append({**q, "ranked": ranked, "retrieved": ranked[:top_k], "gold_docs": gold})
     if missing:
         raise ValueError(f"{missing} of {len(queries)} queries have no rows in the retrieval table; "
-                         "precompute retrieval for this query file (python -m nanochat.precompute)")
+                         "precompute retrieval for this query file (python -m nanochat.retrieval.precompute)")
     return items
 
 
@@ -73,19 +74,10 @@ def oracle_documents(item: dict, top_k: int, seed: int = 0) -> list[dict]:
 
 
 def truncate_docs(docs: list[dict], max_doc_length: int | None) -> list[dict]:
-    """Cut each document to max_doc_length whitespace words, as nanochat.raft did for training (-1/None = all)."""
-    from nanochat.raft import truncate_words
+    """Cut each document to max_doc_length whitespace words, as nanochat.rag.raft did for training (-1/None = all)."""
     if max_doc_length is None or max_doc_length < 0:
         return docs
     return [{**d, "content": truncate_words(d["content"], max_doc_length)} for d in docs]
-
-
-def build_conversation(question: str, documents: list[dict] | None) -> dict:
-    """The training prompt (nanochat.raft's system prompt and shape); documents None drops the retrieval message."""
-    from nanochat import raft
-    if documents is not None:
-        return raft.build_conversation(question, documents)
-    return {"messages": [{"role": "system", "content": raft.SYSTEM_PROMPT}, {"role": "user", "content": question}]}
 
 
 # -----------------------------------------------------------------------------
@@ -236,7 +228,7 @@ def load_evaluated(args):
     from nanochat.checkpoint_manager import load_model
     from nanochat.common import resolve_device
     from nanochat.retrieval.kb import KnowledgeBase
-    from nanochat.training import set_threads
+    from nanochat.train.loop import set_threads
     device = resolve_device(args.device)
     set_threads(args.num_threads, device)
     kb = KnowledgeBase.load(args.knowledge_base)
@@ -249,16 +241,16 @@ def main(argv=None):
     from nanochat.common import atomic_write_json, print0, setup_logging
     setup_logging()
     p = eval_parser("Held-out RAG evaluation over precomputed retrieval",
-                    "precomputed retrieval Parquet (nanochat.precompute)", source="rag", max_tokens=48)
+                    "precomputed retrieval Parquet (nanochat.retrieval.precompute)", source="rag", max_tokens=48)
     p.add_argument("--top_k", type=int, default=None, help="documents shown (default: the fine-tune's top_k, else 5)")
     p.add_argument("--conditions", default=",".join(CONDITIONS), help="comma list of retrieval,no_retrieval,oracle")
     p.add_argument("--training_csv", default=None, help="fine-tune metrics.csv for the curves plot (default: beside the checkpoint)")
     args = p.parse_args(argv)
 
     from nanochat.common import get_base_dir
-    from nanochat.precompute import load_precomputed
-    from nanochat.queries import load_queries
-    from nanochat import plots
+    from nanochat.retrieval.precompute import load_precomputed
+    from nanochat.data.queries import load_queries
+    from nanochat.rag import plots
     device, kb, model, tokenizer, meta = load_evaluated(args)
     train_args = meta.get("args", {})
     top_k = args.top_k or train_args.get("top_k") or 5

@@ -7,7 +7,7 @@ Every problem is reported as `file:line: field: problem`, so a user with 10,000 
 them all in one pass. Strict mode raises with the whole list; lenient mode keeps the good records
 and writes each bad line verbatim, with its reasons, to a rejected file. Nothing is dropped silently.
 
-    python -m nanochat.documents --input docs.jsonl --output valid.jsonl --rejected rejected.jsonl --mode lenient
+    python -m nanochat.data.documents --input docs.jsonl --output valid.jsonl --rejected rejected.jsonl --mode lenient
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Retrieval quality on a BEIR dataset: build (or reuse) a KB from the corpus, retrieve, score.
 
-    python -m nanochat.retrieval_eval --corpus corpus.jsonl --queries queries.jsonl --qrels qrels/train.tsv \
+    python -m nanochat.retrieval.evaluate --corpus corpus.jsonl --queries queries.jsonl --qrels qrels/train.tsv \
         --type bm25 [--top_k 100] [--kb_dir DIR] --output metrics.json
 
 Each BEIR passage (title + text) is one chunk, so chunk hits map 1:1 to documents (for chunked
@@ -101,8 +101,8 @@ def build_or_load_kb(docs: list[dict], kb_dir, retriever_type: str | list[str], 
     Returns (kb, reused). Indexes already in kb_dir for the same passages are kept.
     """
     import tempfile
-    from nanochat.beir import corpus_to_chunks
-    from nanochat.chunking import chunks_to_frame
+    from nanochat.data.sources.beir import corpus_to_chunks
+    from nanochat.data.chunking import chunks_to_frame
     from nanochat.retrieval.kb import KnowledgeBase, _read_manifest, build_knowledge_base_from_chunks, chunks_fingerprint
     from nanochat.retrieval.registry import expand_types
     kb_dir = Path(kb_dir)
@@ -152,7 +152,7 @@ def evaluate_retriever(kb, retriever_type: str, queries: dict[str, str], qrels: 
 
 
 def main(argv=None):
-    from nanochat.beir import load_corpus, load_qrels, load_queries
+    from nanochat.data.sources.beir import load_corpus, load_qrels, load_queries
     from nanochat.cli import ArgumentParser
     parser = ArgumentParser(description="Retrieval metrics (nDCG@10, recall@10/100, MRR@10) on a BEIR dataset.")
     parser.add_argument("--corpus", required=True, help="BEIR corpus.jsonl[.gz] (_id, title, text)")
@@ -163,7 +163,7 @@ def main(argv=None):
     parser.add_argument("--kb_dir", default=None, help="build the KB here, or reuse it if it already matches (default: a temp dir)")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="embedding model (dense/hybrid)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"], help="embedding precision")
-    parser.add_argument("--embeddings", default=None, help="precomputed embeddings.npy (from python -m nanochat.embeddings)")
+    parser.add_argument("--embeddings", default=None, help="precomputed embeddings.npy (from python -m nanochat.retrieval.embeddings)")
     parser.add_argument("--settings", default=None, help='JSON search-time settings for the retriever, e.g. \'{"fusion": "rrf"}\'')
     parser.add_argument("--scorer", default="ranx", choices=["ranx", "numpy"], help="metric implementation")
     parser.add_argument("--run_output", default=None, help="also write the BEIR results {qid: {doc_id: score}} JSON here")

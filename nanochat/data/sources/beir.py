@@ -118,7 +118,7 @@ def load_qrels(path) -> dict[str, dict[str, int]]:
 
 def corpus_to_chunks(docs: list[dict]) -> list[dict]:
     """One chunk per BEIR passage (BEIR passages are already short; chunking would change the task)."""
-    from nanochat.chunking import count_tokens
+    from nanochat.data.chunking import count_tokens
     return [{"id": f"{d['id']}#0", "doc_id": d["id"], "chunk_index": 0, "title": d["title"], "content": d["content"],
              "source": None, "metadata": d.get("metadata") or {}, "n_tokens": count_tokens(d["content"]),
              "char_start": 0, "char_end": len(d["content"])} for d in docs]
