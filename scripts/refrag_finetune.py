@@ -164,6 +164,7 @@ def main(argv=None):
     from nanochat.rag import plots
     from nanochat.rag import refrag_eval as RE
     from nanochat.train import reward_phase as RP
+    from nanochat.rag.rewards import COMPONENTS
 
     kb = KnowledgeBase.load(args.knowledge_base)  # "Knowledge base not found: ..." when missing
     base_dir = get_base_dir(args.base_dir)
@@ -261,8 +262,9 @@ def main(argv=None):
     log = progress.MetricsLogger(ckpt_dir / "metrics.csv", run_name=args.run, config=vars(args), rank=rank,
                           resume_step=start_step)
     rewards_csv = ckpt_dir / "rewards.csv"
+    reward_log = RP.reward_log(rewards_csv)
     if rank == 0:
-        RP.truncate_csv(rewards_csv, start_step)  # a resumed run rewrites the steps after its checkpoint
+        reward_log.resume(start_step)  # a resumed run rewrites the steps after its checkpoint
     t0 = time.time()
 
     def heldout_em() -> dict:
@@ -334,7 +336,7 @@ def main(argv=None):
             metrics["train_loss"] = train_loss
             log.log(step=done, loss=round(train_loss, 6), val_loss=val_loss, lr=lr_now, elapsed_s=round(time.time() - t0, 2))
             if rank == 0:
-                RP.append_csv(rewards_csv, {"step": done, "phase": "warmup", "loss": round(train_loss, 6), **ev,
+                reward_log.append(**{"step": done, "phase": "warmup", "loss": round(train_loss, 6), **ev,
                                            "elapsed_s": round(time.time() - t0, 2)})
             if checkpoint_due(done, num_steps):
                 save(done, dict(metrics))
@@ -372,9 +374,8 @@ def main(argv=None):
                 model.train()
                 scored = RP.score_samples(tokenizer, samples, item)
                 for s in scored:
-                    for k in RP.REWARD_FIELDS:
-                        if k in s:
-                            comps.setdefault(k, []).append(s[k])
+                    for k in COMPONENTS:
+                        comps.setdefault(k, []).append(s[k])
                 adv = RP.group_advantages([s["reward"] for s in scored]).to(device)
                 inputs, targets = RP.policy_gradient_batch(prompt, samples, pad)
                 if ddp:
@@ -394,9 +395,8 @@ def main(argv=None):
             row["elapsed_s"] = round(time.time() - t0, 2)
             bar.update(1)
             if rank == 0:
-                RP.append_csv(rewards_csv, row)
-                print0(" | ".join(f"{k} {row[k]}" for k in ("step", "reward", "f1", "recall", "citation", "unsupported",
-                                                            "loss", "heldout_em", "heldout_reward") if k in row))
+                reward_log.append(**row)
+                print0(" | ".join(f"{k} {row[k]}" for k in RP.REWARD_FIELDS if k in row and k not in ("phase", "elapsed_s")))
             if checkpoint_due(done, total_steps):
                 save(done, {**metrics, "final_reward": row.get("reward"), "heldout_em": row.get("heldout_em")})
             if stop_here(done):

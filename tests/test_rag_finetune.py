@@ -91,15 +91,15 @@ def math_finite(x):
 
 @pytest.mark.slow
 def test_resume_after_kill_continues_the_same_loss_curve(world):
-    from nanochat.train.progress import read_metrics_csv
+    from nanochat.common import read_csv_columns
     from scripts.rag_finetune import main
     main(finetune_args(world, "full", "--max_steps", "6", "--save_every", "3"))
     main(finetune_args(world, "part", "--max_steps", "6", "--save_every", "3", "--stop_at_step", "3"))
     part = world["base"] / "rag_checkpoints" / "part"
     assert not (part / "done.json").exists() and (part / "model_000003.pt").is_file()
     main(finetune_args(world, "part", "--max_steps", "6", "--save_every", "3", "--resume"))
-    full = read_metrics_csv(world["base"] / "rag_checkpoints" / "full" / "metrics.csv")
-    resumed = read_metrics_csv(part / "metrics.csv")
+    full = read_csv_columns(world["base"] / "rag_checkpoints" / "full" / "metrics.csv")
+    resumed = read_csv_columns(part / "metrics.csv")
     print("full   ", [round(v, 5) for v in full["loss"]])
     print("resumed", [round(v, 5) for v in resumed["loss"]])
     assert resumed["step"] == full["step"] == [1, 2, 3, 4, 5, 6]

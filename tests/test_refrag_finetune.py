@@ -105,7 +105,7 @@ def test_policy_gradient_only_on_sampled_tokens_and_group_advantages():
 def test_heldout_comparison_hop_recall_and_plot(tmp_path):
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.rag.conversation import ChunkStore
-    from nanochat.train.reward_phase import append_csv
+    from nanochat.train.reward_phase import reward_log
     from nanochat.rag.refrag_eval import compare_conditions
     from nanochat.rag.plots import plot_reward_curve
     from nanochat.rag.multihop_data import prompt_items
@@ -133,8 +133,11 @@ def test_heldout_comparison_hop_recall_and_plot(tmp_path):
     assert hr["recall_hop1"] == pytest.approx(0.5) and hr["recall_hop2"] == pytest.approx(0.75)
     assert hr["all_gold_hop1"] == 0.0 and hr["all_gold_hop2"] == 0.5  # q1 needs both hops, q2 never complete
     assert set(metrics["rag"]["em_by_hops"]) == {"2"}
+    log = reward_log(tmp_path / "r.csv")
     for step, phase, reward, em in [(1, "warmup", None, 0.1), (2, "reward", 0.2, None), (3, "reward", 0.4, 0.3)]:
-        append_csv(tmp_path / "r.csv", {"step": step, "phase": phase, "reward": reward, "heldout_em": em})
+        log.append(step=step, phase=phase, reward=reward, heldout_em=em)
+    with pytest.raises(KeyError, match="not among"):
+        log.append(step=4, reward_v2=0.5)  # a column nobody declared fails loudly instead of vanishing
     assert plot_reward_curve(tmp_path / "r.csv", tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -7,6 +7,8 @@ import random
 
 import numpy as np
 import pytest
+
+from nanochat.common import read_csv_columns
 import torch
 
 from nanochat.train import data as train_data
@@ -131,7 +133,7 @@ def test_metrics_logger_drops_rows_after_resume_step(tmp_path):
         log.log(step=s, loss=1.0 / s, lr=0.1)
     log = progress.MetricsLogger(path, resume_step=3)
     log.log(step=4, loss=9.0, val_loss=8.0)
-    cols = progress.read_metrics_csv(path)
+    cols = read_csv_columns(path)
     assert cols["step"] == [1, 2, 3, 4] and cols["loss"][3] == 9.0
     assert math.isnan(cols["val_loss"][0]) and cols["val_loss"][3] == 8.0
 

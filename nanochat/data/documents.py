@@ -19,7 +19,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanochat.common import atomic_path
+from nanochat.data.jsonl import jsonl_lines, write_jsonl  # noqa: F401  (write_jsonl: part of this module's API)
 
 MAX_WORDS_WARN = 2000  # the guide's best practices: documents above ~2000 words retrieve poorly
 ALLOWED_CONTROL = {"\n", "\t", "\r"}
@@ -142,32 +142,17 @@ class _Validator:
 
 def validate_jsonl(path: str | Path) -> ValidationReport:
     """Check every line of a documents JSONL file; blank lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"documents file not found: {path}")
     report, validator = ValidationReport(), _Validator()
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            raw_text = raw.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                report.rejected.append({"line": lineno, "reasons": [f"{where}: line: invalid UTF-8 at byte {e.start}"], "raw": raw_text})
-                continue
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                report.rejected.append({"line": lineno, "reasons": [f"{where}: json: invalid JSON ({e.msg} at column {e.colno})"], "raw": raw_text})
-                continue
-            doc, errors, warnings = validator.check(obj, where)
-            report.warnings.extend(warnings)
-            if doc is None:
-                report.rejected.append({"line": lineno, "reasons": errors, "raw": raw_text})
-            else:
-                report.documents.append(doc)
+    for line in jsonl_lines(path, what="documents file"):
+        if line.problem:
+            report.rejected.append({"line": line.lineno, "reasons": [line.problem], "raw": line.raw})
+            continue
+        doc, errors, warnings = validator.check(line.value, f"{path}:{line.lineno}")
+        report.warnings.extend(warnings)
+        if doc is None:
+            report.rejected.append({"line": line.lineno, "reasons": errors, "raw": line.raw})
+        else:
+            report.documents.append(doc)
     return report
 
 
@@ -202,13 +187,6 @@ def documents_from_folder(folder: str | Path) -> list[dict]:
     if not records:
         raise ValueError(f"{folder}: no .md or .txt files found")
     return records
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def load_documents(path, mode: str = "strict", rejected_path=None, max_errors: int = 50, verbose: bool = True) -> list[dict]:

@@ -8,8 +8,9 @@ supporting documents) and `hops` are optional. Every problem is reported as
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from nanochat.data.jsonl import jsonl_lines, write_jsonl
 
 
 class QueryFileError(ValueError):
@@ -69,20 +70,15 @@ def load_queries(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"query file not found: {path}")
     rows, errors, seen = [], [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append(f"{path}:{lineno}: json: invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            row, problems = parse_query(obj, seen)
-            errors += [f"{path}:{lineno}: {p}" for p in problems]
-            if row is not None:
-                seen.add(row["id"])
-                rows.append(row)
+    for line in jsonl_lines(path, what="query file"):
+        if line.problem:
+            errors.append(line.problem)
+            continue
+        row, problems = parse_query(line.value, seen)
+        errors += [f"{path}:{line.lineno}: {p}" for p in problems]
+        if row is not None:
+            seen.add(row["id"])
+            rows.append(row)
     if errors:
         shown = "\n".join(errors[:20]) + (f"\n... and {len(errors) - 20} more" if len(errors) > 20 else "")
         raise QueryFileError(f"{len(errors)} problem(s) in query file {path}:\n{shown}")
@@ -93,7 +89,4 @@ def load_queries(path: str | Path) -> list[dict]:
 
 def write_queries(path: str | Path, rows: list[dict]) -> None:
     """Write query rows as JSONL atomically (used by the synthetic world, SQuAD and doc_questions)."""
-    from nanochat.common import atomic_path
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    write_jsonl(path, rows)

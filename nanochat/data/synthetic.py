@@ -19,12 +19,12 @@ then the person document; their doc_ids list both, in hop order.
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from nanochat.cli import ArgumentParser
-from nanochat.common import atomic_path, atomic_write_json, sha256_file
+from nanochat.common import atomic_write_json, sha256_file
+from nanochat.data.jsonl import write_jsonl
 
 SYLLABLES = ["zor", "vik", "bel", "tra", "mon", "qua", "rin", "dal", "fen", "gor", "lux", "nim", "pax", "sel",
              "tov", "wex", "yar", "kel", "bro", "dun", "esk", "fal", "hil", "jor", "kas", "lom", "mir", "nov",
@@ -191,9 +191,9 @@ def generate_world(output_dir, seed: int = 0, n_entities: int = 2000, val_fracti
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "documents.jsonl", documents)
+    write_jsonl(out / "documents.jsonl", documents)
     for split, rows in queries.items():
-        _write_jsonl(out / f"queries_{split}.jsonl", rows)
+        write_jsonl(out / f"queries_{split}.jsonl", rows)
     manifest = {
         "generator": "nanochat.data.synthetic", "seed": seed, "n_entities": n_entities,
         "val_fraction": val_fraction, "test_fraction": test_fraction, "two_hop": two_hop,
@@ -205,12 +205,6 @@ def generate_world(output_dir, seed: int = 0, n_entities: int = 2000, val_fracti
     }
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def build_parser() -> ArgumentParser:

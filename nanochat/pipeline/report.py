@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nanochat.common import atomic_path
+from nanochat.common import write_csv
 
 
 REPORT_COLUMNS = ["em", "exact_match", "f1", "citation_precision", "citation_recall", "recall@k"]
@@ -31,17 +31,15 @@ def collect_metrics(metrics_files: list, runs: list, table_path, plot_path):
         if not flat.get("kb_id"):
             raise ValueError(f"{path}: field 'kb_id' missing: every metrics file must name the knowledge base it used")
         rows.append({"run": run, **flat})
+    write_csv(table_path, rows)
     df = pd.DataFrame(rows)
-    with atomic_path(table_path) as tmp:
-        df.to_csv(tmp, index=False)
     _plot_scores(df, plot_path)
     print(f"report: {len(df)} runs -> {table_path}, {plot_path}", flush=True)
     return df
 
 def _plot_scores(df, plot_path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from nanochat.rag.plots import save_figure
     numeric = [c for c in df.columns if c not in ("run", "kb_id") and df[c].dtype.kind in "if"
                and df[c].between(0, 1).all()]
     preferred = [c for c in numeric if c.split(".")[-1] in REPORT_COLUMNS] or numeric
@@ -55,7 +53,4 @@ def _plot_scores(df, plot_path) -> None:
     ax.set_ylabel("score")
     ax.set_title("held-out metrics per run")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(plot_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, plot_path)

@@ -5,12 +5,13 @@ otherwise users pass their own JSONL files of {"messages": [...]}.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
 
 import pandas as pd
+
+from nanochat.data.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,6 @@ def load_base_conversations(base_tasks: str | None, n: int, seed: int) -> list[d
             df = pd.read_parquet(files[0], columns=["messages"])
             convs += [_valid_chat({"messages": list(m)}, f"{files[0]}:{i}") for i, m in enumerate(df["messages"][: 4 * n])]
         else:
-            with open(task, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            obj = json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise ValueError(f"{task}:{lineno}: json: invalid JSON ({e.msg})") from None
-                        convs.append(_valid_chat(obj, f"{task}:{lineno}"))
+            convs += [_valid_chat(obj, f"{task}:{lineno}") for lineno, obj in read_jsonl(task, what="base task file")]
     random.Random(seed).shuffle(convs)
     return convs[:n]

@@ -13,7 +13,6 @@ model is scored three ways on the same questions:
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -193,15 +192,6 @@ def evaluate(model, tokenizer, items: list[dict], top_k: int, max_tokens: int = 
     return metrics, rows
 
 
-def write_rows_csv(rows: list[dict], path) -> None:
-    from nanochat.common import atomic_path
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def eval_parser(description: str, retrieval_help: str, source: str, max_tokens: int):
     """The flags every held-out evaluation CLI shares (scripts.rag_eval, scripts.refrag_eval); callers add theirs."""
     from nanochat.cli import ArgumentParser
@@ -238,7 +228,7 @@ def load_evaluated(args):
 
 
 def main(argv=None):
-    from nanochat.common import atomic_write_json, print0, setup_logging
+    from nanochat.common import atomic_write_json, print0, setup_logging, write_csv
     setup_logging()
     p = eval_parser("Held-out RAG evaluation over precomputed retrieval",
                     "precomputed retrieval Parquet (nanochat.retrieval.precompute)", source="rag", max_tokens=48)
@@ -267,7 +257,7 @@ def main(argv=None):
                    model_step=meta.get("step"), retrieval=str(args.retrieval), queries=str(args.queries_test))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    write_rows_csv(rows, out / "per_question.csv")
+    write_csv(out / "per_question.csv", rows)
     plots.metric_bars(metrics, out / "metrics_by_condition.png")
     plots.em_by_hops(metrics, out / "em_by_hops.png")
     ckpt_csv = Path(args.training_csv) if args.training_csv else None

@@ -14,10 +14,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nanochat.common import atomic_path  # noqa: E402
+from nanochat.common import atomic_path, read_csv_columns  # noqa: E402
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+    """The one way a figure reaches disk: PNG, tight bounding box, written atomically, figure closed."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -46,7 +47,7 @@ def metric_bars(metrics: dict, path) -> Path:
     ax.set_ylabel("score")
     ax.set_title(f"RAG evaluation (n={metrics.get('n')}, k={metrics.get('k')})")
     ax.legend(loc="upper right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 COLOURS = {"retrieval": "tab:blue", "no_retrieval": "tab:gray", "oracle": "tab:green", "refrag": "tab:purple",
@@ -68,13 +69,12 @@ def em_by_hops(metrics: dict, path, title: str = "EM by hop count") -> Path:
     ax.set_ylabel("exact match")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(csv_path, path) -> Path:
     """Train loss per step and val loss where measured, from a metrics.csv written by MetricsLogger."""
-    from nanochat.train.progress import read_metrics_csv
-    cols = read_metrics_csv(csv_path)
+    cols = read_csv_columns(csv_path)
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = cols.get("step", [])
     ax.plot(steps, cols.get("loss", []), label="train loss", lw=1)
@@ -85,7 +85,7 @@ def training_curves(csv_path, path) -> Path:
     ax.set_ylabel("loss (assistant tokens)")
     ax.set_title(f"training curves: {Path(csv_path).parent.name}")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reward_curve(csv_path, png_path) -> Path:
@@ -107,9 +107,4 @@ def plot_reward_curve(csv_path, png_path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(loc="best")
     ax.set_title("REFRAG: reward and held-out EM")
-    fig.tight_layout()
-    png_path = Path(png_path)
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return png_path
+    return save_figure(fig, png_path)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from nanochat.rag.conversation import SYSTEM_PROMPT, message_documents, multihop_conversation
-from nanochat.rag.rewards import compute_reward
+from nanochat.rag.rewards import COMPONENTS, compute_reward
 
 logger = logging.getLogger("nanochat.rag.refrag_eval")
 
@@ -72,8 +72,7 @@ def score_row(item: dict, condition: str, answer: str, docs: list[dict]) -> dict
     """One evaluation row: an answer given under a condition, scored against the documents it was shown."""
     r = compute_reward(answer, item["answers"], docs, item.get("doc_ids"))
     return {"id": item["id"], "hops": int(item.get("hops", 1)), "condition": condition, "answer": answer.strip(),
-            "em": r["em"], "f1": r["f1"], "reward": r["reward"], "citation": r["citation"],
-            "retrieval_recall": r["recall"] if docs else math.nan}
+            **{k: r[k] for k in COMPONENTS}, "retrieval_recall": r["recall"] if docs else math.nan}
 
 def summarize(rows: list[dict], items: list[dict] | None = None, max_hops: int = 3) -> dict:
     """Means of em/f1/reward, EM by hop count, and (with items) per-hop retrieval recall."""
@@ -168,8 +167,8 @@ def main(argv=None) -> dict:
     from nanochat.rag import multihop_data as MD
     from nanochat.rag import plots
     from nanochat.checkpoint_manager import load_model
-    from nanochat.common import atomic_write_json, get_base_dir, print0, setup_logging
-    from nanochat.rag.evaluation import load_evaluated, write_rows_csv
+    from nanochat.common import atomic_write_json, get_base_dir, print0, setup_logging, write_csv
+    from nanochat.rag.evaluation import load_evaluated
     from nanochat.retrieval.precompute import load_precomputed
     from nanochat.data.queries import load_queries
     from nanochat.rag.conversation import ChunkStore
@@ -233,7 +232,7 @@ def main(argv=None) -> dict:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    write_rows_csv(rows, out / "per_question.csv")
+    write_csv(out / "per_question.csv", rows)
     plots.em_by_hops(metrics, out / "em_by_hops.png", title="EM by hop count: REFRAG vs RAG vs no retrieval")
     ckpt_dir = Path(args.source) if Path(args.source).is_dir() else \
         get_base_dir(args.base_dir) / f"{args.source}_checkpoints" / str(meta.get("model_tag"))

@@ -1,11 +1,11 @@
 """REFRAG rewards: one number in [0, 1] per sampled answer, plus its components for logging.
 
-    reward = W_F1 * answer F1 against the gold answers
-           + W_RECALL * recall of the gold supporting documents over the hops used
-           + W_CITATION * citation F1 (cited documents vs the gold documents shown)
-           - penalties, then clipped to [0, 1]
+    reward = sum over PARTS of weight * part(answer), then clipped to [0, 1]
 
-Weights sum to 1, so a correct, correctly cited answer with full retrieval recall earns 1.0.
+PARTS is the registry: positive weights (answer F1, retrieval recall over the hops, citation F1) sum
+to 1, so a correct, correctly cited answer with full retrieval recall earns 1.0; negative weights are
+penalties. Adding a component is one entry here: the reward, the logs (rewards.csv, the console) and the
+evaluation rows all read PARTS.
 Retrieval recall does not depend on the answer; it rewards the hops (it matters when the model
 writes the follow-up queries, strategy="model") and is a constant that group advantages cancel.
 
@@ -19,15 +19,12 @@ Hacks it is built to resist (tests/test_rewards.py has a case for each):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 from nanochat.rag import metrics as M
 
-W_F1 = 0.6               # answer quality dominates
-W_RECALL = 0.2           # gold supporting documents found over the hops
-W_CITATION = 0.2         # citing exactly the gold documents that were shown
-PENALTY_EMPTY = 1.0      # empty answer: reward 0 whatever else holds
-PENALTY_UNSUPPORTED = 0.3  # answer text appears in no shown document
-PENALTY_LONG = 0.2       # answer far longer than the gold answer
-LONG_ANSWER_WORDS = 20   # words allowed beyond the gold answer's length before PENALTY_LONG
+LONG_ANSWER_WORDS = 20   # words allowed beyond the gold answer's length before the "long" penalty
 ABSTAIN_REWARD = 0.5     # correct abstention (no shown document holds the answer)
 
 
@@ -61,35 +58,70 @@ def retrieval_recall(documents: list[dict], gold_doc_ids) -> float:
     return len(gold & {_doc_id(d) for d in documents}) / len(gold)
 
 
+@dataclass(frozen=True)
+class Sample:
+    """What every reward part may look at: the answer (raw and with citations stripped) and its context."""
+    answer: str
+    text: str
+    answers: list[str]
+    documents: list[dict]
+    gold_doc_ids: list[str]
+
+
+@dataclass(frozen=True)
+class Part:
+    weight: float                       # added to the reward; negative = a penalty
+    score: Callable[[Sample], float]    # in [0, 1]
+
+
+def _too_long(s: Sample) -> float:
+    gold_words = min((len(a.split()) for a in s.answers), default=0)
+    return float(len(s.text.split()) > gold_words + LONG_ANSWER_WORDS)
+
+
+PARTS: dict[str, Part] = {
+    # answer quality dominates
+    "f1": Part(0.6, lambda s: M.f1_score(s.text, s.answers) if s.answers else 0.0),
+    # gold supporting documents found over the hops (constant within a group: it rewards the hops, which
+    # matters when the model writes follow-up queries)
+    "recall": Part(0.2, lambda s: retrieval_recall(s.documents, s.gold_doc_ids)),
+    # citing exactly the gold documents that were shown
+    "citation": Part(0.2, lambda s: citation_f1(s.answer, s.documents, s.gold_doc_ids)),
+    # an empty answer (or citations only) gets nothing, whatever else holds
+    "empty": Part(-1.0, lambda s: float(not M.normalize_answer(s.text))),
+    # answer text appears in no shown document (hallucinated)
+    "unsupported": Part(-0.3, lambda s: float(bool(s.documents) and M.is_unsupported(s.answer, s.documents))),
+    # far longer than the gold answer (pasting documents)
+    "long": Part(-0.2, _too_long),
+}
+# Reported beside the parts, never weighted.
+OBSERVED: dict[str, Callable[[Sample], float]] = {
+    "em": lambda s: M.exact_match(s.text, s.answers) if s.answers else 0.0,
+    "abstained": lambda s: float(M.is_abstention(s.answer)),
+}
+COMPONENTS = ("reward", *PARTS, *OBSERVED)  # the keys of compute_reward's result, in log order
+
+
 def compute_reward(answer: str, answers: list[str], documents: list[dict], gold_doc_ids=None,
-                   w_f1: float = W_F1, w_recall: float = W_RECALL, w_citation: float = W_CITATION,
-                   penalty_empty: float = PENALTY_EMPTY, penalty_unsupported: float = PENALTY_UNSUPPORTED,
-                   penalty_long: float = PENALTY_LONG, long_answer_words: int = LONG_ANSWER_WORDS,
-                   abstain_reward: float = ABSTAIN_REWARD) -> dict:
+                   weights: dict[str, float] | None = None, abstain_reward: float = ABSTAIN_REWARD) -> dict:
     """Reward of one answer given the documents it was shown (all hops, in message order).
 
-    Returns {"reward", "f1", "em", "recall", "citation", "empty", "unsupported", "long", "abstained"}.
+    Returns {"reward", every part, every observed value}; `weights` overrides parts' weights by name.
+    An abstention earns abstain_reward when no shown document contains the answer, else 0.
     """
-    gold_doc_ids = list(gold_doc_ids or [])
-    text = M.strip_citations(M.final_answer(answer or ""))  # quote-style answers: the part after Answer:
-    f1 = M.f1_score(text, answers) if answers else 0.0
-    em = M.exact_match(text, answers) if answers else 0.0
-    recall = retrieval_recall(documents, gold_doc_ids)
-    cite = citation_f1(answer or "", documents, gold_doc_ids)
-    empty = not M.normalize_answer(text)
-    abstained = M.is_abstention(answer or "")
-    unsupported = bool(documents) and M.is_unsupported(answer or "", documents)
-    gold_words = min((len(a.split()) for a in answers), default=0)
-    too_long = len(text.split()) > gold_words + long_answer_words
-    if abstained:
-        answer_shown = any(M.contains_answer(f"{d.get('title', '')} {d.get('content', '')}", answers) for d in documents)
+    weights = weights or {}
+    unknown = sorted(set(weights) - set(PARTS))
+    if unknown:
+        raise KeyError(f"unknown reward part(s) {', '.join(unknown)}; parts: {', '.join(PARTS)}")
+    answer = answer or ""
+    sample = Sample(answer, M.strip_citations(M.final_answer(answer)), list(answers or []), list(documents),
+                    list(gold_doc_ids or []))
+    values = {name: float(part.score(sample)) for name, part in PARTS.items()}
+    observed = {name: float(fn(sample)) for name, fn in OBSERVED.items()}
+    if observed["abstained"]:
+        answer_shown = any(M.contains_answer(f"{d.get('title', '')} {d.get('content', '')}", sample.answers)
+                           for d in documents)
         reward = 0.0 if answer_shown else abstain_reward
     else:
-        reward = w_f1 * f1 + w_recall * recall + w_citation * cite
-        reward -= penalty_empty * empty + penalty_unsupported * unsupported + penalty_long * too_long
-    return {"reward": float(min(1.0, max(0.0, reward))), "f1": f1, "em": em, "recall": recall, "citation": cite,
-            "empty": float(empty), "unsupported": float(unsupported), "long": float(too_long),
-            "abstained": float(abstained)}
-
-
-COMPONENTS = ("reward", "f1", "em", "recall", "citation", "empty", "unsupported", "long", "abstained")
+        reward = sum(weights.get(name, part.weight) * values[name] for name, part in PARTS.items())
+    return {"reward": float(min(1.0, max(0.0, reward))), **values, **observed}

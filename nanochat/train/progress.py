@@ -2,22 +2,20 @@
 ETA, and throughput."""
 from __future__ import annotations
 
-import csv
 import logging
-import math
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from nanochat.common import atomic_path
+from nanochat.common import CsvLog
 
 logger = logging.getLogger("nanochat.train")
 
 
 class MetricsLogger:
-    """Appends rows to a CSV (rank 0 only); on resume drops rows after the resumed step.
+    """Per-step rows in a CSV beside the checkpoint (rank 0 only); a resume keeps the rows up to its step.
 
     wandb is used only when WANDB_RUN is set and wandb imports; otherwise nothing leaves the machine.
     """
@@ -25,34 +23,27 @@ class MetricsLogger:
     FIELDS = ["step", "loss", "val_loss", "lr", "tokens_per_s", "elapsed_s"]
 
     def __init__(self, csv_path, run_name: str | None = None, config: dict | None = None, rank: int = 0,
-                 resume_step: int | None = None, project: str = "nanochat-rag"):
-        self.path, self.rank = Path(csv_path), rank
+                 resume_step: int | None = None, project: str = "nanochat-rag", fields: list[str] | None = None):
+        self.csv, self.rank = CsvLog(csv_path, fields or self.FIELDS), rank
         self.wandb = None
         if rank != 0:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if resume_step is not None and self.path.exists():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=self.FIELDS)
-                w.writeheader()
-                w.writerows(rows)
+        self.csv.resume(resume_step)
         if os.environ.get("WANDB_RUN") and run_name and run_name != "dummy":
             try:
                 import wandb
                 self.wandb = wandb.init(project=project, name=run_name, config=config or {})
             except Exception as e:  # offline, not installed, not logged in: keep training
-                logger.warning("wandb unavailable (%s); logging to %s only", e, self.path)
+                logger.warning("wandb unavailable (%s); logging to %s only", e, self.csv.path)
+
+    @property
+    def path(self) -> Path:
+        return self.csv.path
 
     def log(self, **row) -> None:
         if self.rank != 0:
             return
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.FIELDS, extrasaction="ignore").writerow(
-                {k: ("" if row.get(k) is None else row.get(k)) for k in self.FIELDS})
+        self.csv.append(**row)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if v is not None}, step=row.get("step"))
 
@@ -60,14 +51,6 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.finish()
 
-def read_metrics_csv(path) -> dict[str, list]:
-    """CSV -> columns of floats (empty cells become nan); used by plots and tests."""
-    cols: dict[str, list] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            for k, v in row.items():
-                cols.setdefault(k, []).append(float(v) if v not in ("", None) else math.nan)
-    return cols
 
 def progress_bar(total: int, initial: int = 0, desc: str = "train", rank: int = 0):
     """tqdm with ETA on rank 0; a silent stand-in elsewhere."""

@@ -6,13 +6,11 @@ Prompt and retrieved tokens never carry loss.
 """
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import torch
 
 from nanochat.rag.conversation import message_documents
-from nanochat.rag.rewards import compute_reward
+from nanochat.common import CsvLog
+from nanochat.rag.rewards import COMPONENTS, compute_reward
 
 
 @torch.no_grad()
@@ -64,32 +62,10 @@ def score_samples(tokenizer, samples: list[list[int]], item: dict) -> list[dict]
         out.append({"text": text, **compute_reward(text, item["answers"], docs, item.get("doc_ids"))})
     return out
 
-REWARD_FIELDS = ["step", "phase", "loss", "reward", "f1", "em", "recall", "citation", "empty", "unsupported",
-                 "long", "abstained", "heldout_em", "heldout_f1", "heldout_reward", "elapsed_s"]
+# rewards.csv: one row per step (warm-up and reward phase), every reward component from the registry
+REWARD_FIELDS = ["step", "phase", "loss", *COMPONENTS, "heldout_em", "heldout_f1", "heldout_reward", "elapsed_s"]
 
-def append_csv(path, row: dict, fields=REWARD_FIELDS) -> None:
-    path = Path(path)
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
 
-def truncate_csv(path, last_step: int) -> None:
-    """Keep the rows with step <= last_step (a resumed run rewrites the rest); last_step 0 removes the file."""
-    path = Path(path)
-    if not path.exists():
-        return
-    if last_step <= 0:
-        path.unlink()
-        return
-    from nanochat.common import atomic_path
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames or REWARD_FIELDS, [r for r in reader if int(float(r["step"])) <= last_step]
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
+def reward_log(path) -> CsvLog:
+    """The run's rewards.csv; columns follow nanochat.rag.rewards.COMPONENTS."""
+    return CsvLog(path, REWARD_FIELDS)

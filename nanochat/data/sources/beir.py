@@ -10,8 +10,9 @@ Shapes follow beir's GenericDataLoader, but every record is checked: a bad line 
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
+
+from nanochat.data.jsonl import read_jsonl
 
 
 def open_text(path):
@@ -26,25 +27,10 @@ def open_text(path):
     return open(path, "r", encoding="utf-8")
 
 
-def _jsonl(path):
-    """(line number, object) for each non-blank line; bad JSON names file and line."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-
-
 def _field(obj: dict, name: str, where: str, required: bool = True) -> str:
     if name not in obj:
         if required:
-            raise ValueError(f"{where}: field '{name}' missing")
+            raise ValueError(f"{where}: {name}: missing")
         return ""
     value = obj[name]
     if value is None and not required:
@@ -52,25 +38,25 @@ def _field(obj: dict, name: str, where: str, required: bool = True) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and name == "_id":
         value = str(value)  # some BEIR dumps have numeric ids
     if not isinstance(value, str):
-        raise ValueError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
+        raise ValueError(f"{where}: {name}: expected a string, got {type(value).__name__}")
     return value
 
 
 def load_corpus(path) -> list[dict]:
     """BEIR corpus -> our documents: id, title, content (= text, or the title when text is empty), metadata."""
     docs, seen = [], {}
-    for lineno, obj in _jsonl(path):
+    for lineno, obj in read_jsonl(path):
         where = f"{path}:{lineno}"
         doc_id = _field(obj, "_id", where).strip()
         if not doc_id:
-            raise ValueError(f"{where}: field '_id' is empty")
+            raise ValueError(f"{where}: _id: empty")
         if doc_id in seen:
-            raise ValueError(f"{where}: field '_id' duplicates id {doc_id!r} first seen at line {seen[doc_id]}")
+            raise ValueError(f"{where}: _id: duplicate id {doc_id!r} (first seen at line {seen[doc_id]})")
         seen[doc_id] = lineno
         title = _field(obj, "title", where, required=False).strip()
         text = _field(obj, "text", where)
         if not text.strip() and not title:
-            raise ValueError(f"{where}: fields 'title' and 'text' are both empty")
+            raise ValueError(f"{where}: text: empty, and so is the title")
         meta = obj.get("metadata")
         docs.append({"id": doc_id, "title": title, "content": text if text.strip() else title,
                      "metadata": meta if isinstance(meta, dict) else {}})
@@ -81,14 +67,14 @@ def load_corpus(path) -> list[dict]:
 
 def load_queries(path) -> dict[str, str]:
     queries = {}
-    for lineno, obj in _jsonl(path):
+    for lineno, obj in read_jsonl(path):
         where = f"{path}:{lineno}"
         qid = _field(obj, "_id", where).strip()
         if qid in queries:
-            raise ValueError(f"{where}: field '_id' duplicates query id {qid!r}")
+            raise ValueError(f"{where}: _id: duplicate query id {qid!r}")
         text = _field(obj, "text", where)
         if not text.strip():
-            raise ValueError(f"{where}: field 'text' is empty")
+            raise ValueError(f"{where}: text: empty")
         queries[qid] = text
     return queries
 
@@ -104,12 +90,12 @@ def load_qrels(path) -> dict[str, dict[str, int]]:
             if lineno == 1 and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
                 continue
             if len(parts) != 3:
-                raise ValueError(f"{path}:{lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), got {len(parts)}")
+                raise ValueError(f"{path}:{lineno}: line: expected 3 tab-separated fields (query-id, corpus-id, score), got {len(parts)}")
             qid, did, score = (p.strip() for p in parts)
             try:
                 rel = int(float(score))
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: field 'score' must be a number, got {score!r}") from None
+                raise ValueError(f"{path}:{lineno}: score: expected a number, got {score!r}") from None
             qrels.setdefault(qid, {})[did] = rel
     if not qrels:
         raise ValueError(f"{path}: no qrels rows")

@@ -11,13 +11,12 @@ splits, as in HotpotQA's distractor setting (paragraphs, not questions, are the 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from nanochat.cli import ArgumentParser
 from nanochat.common import atomic_write_json, sha256_file
 from nanochat.data.queries import write_queries
-from nanochat.data.synthetic import _write_jsonl
+from nanochat.data.jsonl import read_jsonl, write_jsonl
 
 
 def doc_id_for(title: str) -> str:
@@ -37,27 +36,20 @@ def read_hotpotqa(path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"HotpotQA file not found: {path}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: json: invalid JSON ({e.msg} at column {e.colno})") from None
-            sf, ctx = _need(rec, "supporting_facts", dict, where), _need(rec, "context", dict, where)
-            titles, sents = _need(ctx, "title", list, f"{where}: context"), _need(ctx, "sentences", list, f"{where}: context")
-            if len(titles) != len(sents):
-                raise ValueError(f"{where}: context: {len(titles)} titles but {len(sents)} sentence lists")
-            support = list(dict.fromkeys(_need(sf, "title", list, f"{where}: supporting_facts")))
-            missing = [t for t in support if t not in titles]
-            if missing:
-                raise ValueError(f"{where}: supporting_facts: title(s) {missing} not among the context paragraphs")
-            out.append({"id": _need(rec, "id", str, where), "question": _need(rec, "question", str, where).strip(),
-                        "answer": _need(rec, "answer", str, where), "type": rec.get("type", ""),
-                        "supporting_titles": support,
-                        "context": [(t, "".join(s).strip()) for t, s in zip(titles, sents)]})
+    for line_no, rec in read_jsonl(path, what="HotpotQA file"):
+        where = f"{path}:{line_no}"
+        sf, ctx = _need(rec, "supporting_facts", dict, where), _need(rec, "context", dict, where)
+        titles, sents = _need(ctx, "title", list, f"{where}: context"), _need(ctx, "sentences", list, f"{where}: context")
+        if len(titles) != len(sents):
+            raise ValueError(f"{where}: context: {len(titles)} titles but {len(sents)} sentence lists")
+        support = list(dict.fromkeys(_need(sf, "title", list, f"{where}: supporting_facts")))
+        missing = [t for t in support if t not in titles]
+        if missing:
+            raise ValueError(f"{where}: supporting_facts: title(s) {missing} not among the context paragraphs")
+        out.append({"id": _need(rec, "id", str, where), "question": _need(rec, "question", str, where).strip(),
+                    "answer": _need(rec, "answer", str, where), "type": rec.get("type", ""),
+                    "supporting_titles": support,
+                    "context": [(t, "".join(s).strip()) for t, s in zip(titles, sents)]})
     if not out:
         raise ValueError(f"{path}: no HotpotQA records found")
     return out
@@ -93,7 +85,7 @@ def convert_hotpotqa(input_path, output_dir, seed: int = 0, fractions=(0.8, 0.1,
              "hops": 2, "type": rec["type"]})
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "documents.jsonl", list(docs.values()))
+    write_jsonl(out / "documents.jsonl", list(docs.values()))
     for split, rows in queries.items():
         write_queries(out / f"queries_{split}.jsonl", rows)
     write_queries(out / "queries_all.jsonl", [q for rows in queries.values() for q in rows])

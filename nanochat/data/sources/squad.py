@@ -15,7 +15,7 @@ from pathlib import Path
 from nanochat.cli import ArgumentParser
 from nanochat.common import atomic_write_json, sha256_file
 from nanochat.data.queries import write_queries
-from nanochat.data.synthetic import _write_jsonl
+from nanochat.data.jsonl import write_jsonl
 
 
 def _field(obj, key, typ, where):
@@ -71,7 +71,7 @@ def convert_squad(input_path, output_dir, seed: int = 0, fractions=(0.7, 0.15, 0
                                                         "answers": qa["answers"], "doc_ids": [para["id"]], "hops": 1})
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "documents.jsonl", docs)
+    write_jsonl(out / "documents.jsonl", docs)
     for split, rows in queries.items():
         write_queries(out / f"queries_{split}.jsonl", rows)
     manifest = {"source": str(input_path), "source_sha256": sha256_file(input_path), "seed": seed,
