@@ -2,7 +2,8 @@
 
 `import nanochat.precompute` and `python -m nanochat.precompute` resolve to the module's new home
 (the same module object, so classes and monkeypatches are shared). One table, one small finder:
-no alias files scattered over the tree.
+no alias files scattered over the tree. Modules that were split (refrag, training) have no single new home
+and are not listed.
 """
 from __future__ import annotations
 
@@ -25,14 +26,12 @@ MOVED = {
     "nanochat.precompute": "nanochat.retrieval.precompute",
     "nanochat.multihop": "nanochat.retrieval.multihop",
     "nanochat.retrieval_eval": "nanochat.retrieval.evaluate",
-    "nanochat.raft": "nanochat.rag.raft",
+    "nanochat.raft": "nanochat.rag.dataset",  # the CLI that builds a run's RAFT shards
     "nanochat.qa_metrics": "nanochat.rag.metrics",
     "nanochat.rewards": "nanochat.rag.rewards",
     "nanochat.evaluation": "nanochat.rag.evaluation",
     "nanochat.refrag_eval": "nanochat.rag.refrag_eval",
-    "nanochat.refrag": "nanochat.rag.refrag",
     "nanochat.plots": "nanochat.rag.plots",
-    "nanochat.training": "nanochat.train.loop",
     "nanochat.workflow_tools": "nanochat.pipeline.__main__",
 }
 
@@ -44,10 +43,12 @@ class _MovedLoader(importlib.abc.Loader):
         self.new_name = new_name
 
     def create_module(self, spec):
-        return importlib.import_module(self.new_name)
+        module = importlib.import_module(self.new_name)
+        self.real_spec = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass  # already executed under its new name
+        module.__spec__ = self.real_spec  # the import system stamped the alias's spec on it; the module keeps its own
 
     def get_code(self, fullname):
         spec = importlib.util.find_spec(self.new_name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nanochat.cli import ArgumentParser
+from nanochat.cli import ArgumentParser, output_dir
 from nanochat.data.documents import write_jsonl
 
 # -----------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = ArgumentParser(description="Prepare RAG data: example set, KB build, or synthetic world.")
     parser.add_argument("--mode", choices=["example", "build", "synthetic"], required=True, help="what to prepare")
-    parser.add_argument("--output", required=True, help="output directory (the KB directory in build mode)")
+    parser.add_argument("--output", type=output_dir, required=True, help="output directory (the KB directory in build mode)")
     parser.add_argument("--documents", default=None, help="build mode: documents JSONL or folder of .md/.txt")
     parser.add_argument("--retriever_type", default=None, help="index type(s), comma-separated: simple|bm25|dense|hybrid "
                         "(example default: simple,bm25; build default: simple)")

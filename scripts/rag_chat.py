@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from nanochat.cli import ArgumentParser
+from nanochat.retrieval.registry import RETRIEVERS
 
 
 def chat_turn(engine, retriever, query: str, top_k: int = 5, max_tokens: int = 200,
@@ -35,7 +36,7 @@ def main(argv=None, stdin=None, stdout=None):
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     parser = ArgumentParser(description="Interactive RAG chat over a knowledge base")
     parser.add_argument("--knowledge_base", required=True, help="KB directory (same KB as training)")
-    parser.add_argument("--retriever_type", default="simple", choices=["simple", "bm25", "dense", "hybrid"], help="retriever")
+    parser.add_argument("--retriever_type", default="simple", choices=list(RETRIEVERS), help="retriever")
     parser.add_argument("--top_k", type=int, default=None, help="documents per question (default: the fine-tune's, else 5)")
     parser.add_argument("--source", default="rag", help="checkpoint family: rag | refrag | base | mid")
     parser.add_argument("--model_tag", default=None, help="checkpoint tag (default: largest model)")

@@ -125,11 +125,11 @@ def read_chunks(path: str | Path):
 
 
 def main(argv=None) -> int:
-    from nanochat.cli import ArgumentParser
+    from nanochat.cli import ArgumentParser, output_file
     from nanochat.data.documents import load_documents
     parser = ArgumentParser(description="Chunk validated documents into chunks.parquet.")
     parser.add_argument("--input", required=True, help="valid documents JSONL (output of python -m nanochat.data.documents)")
-    parser.add_argument("--output", required=True, help="chunks.parquet to write")
+    parser.add_argument("--output", type=output_file, required=True, help="chunks.parquet to write")
     parser.add_argument("--chunk_tokens", type=int, default=256, help="max tokens per chunk (regex word/punct tokens)")
     parser.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive chunks of a document")
     args = parser.parse_args(argv)

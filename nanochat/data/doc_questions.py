@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nanochat.cli import ArgumentParser
+from nanochat.cli import ArgumentParser, output_dir
 from nanochat.data.leakage import QUESTION_WORDS
 from nanochat.rag.metrics import normalize_answer
 from nanochat.data.queries import write_queries
@@ -93,7 +93,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--n", type=int, default=2000, help="questions to generate (fewer if the documents run out)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--val_fraction", type=float, default=0.1, help="share of documents whose questions go to val")
-    p.add_argument("--output", required=True, help="directory for queries_train.jsonl and queries_val.jsonl")
+    p.add_argument("--output", type=output_dir, required=True, help="directory for queries_train.jsonl and queries_val.jsonl")
     return p
 
 

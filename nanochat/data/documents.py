@@ -225,10 +225,10 @@ def load_documents(path, mode: str = "strict", rejected_path=None, max_errors: i
 
 
 def main(argv=None) -> int:
-    from nanochat.cli import ArgumentParser
+    from nanochat.cli import ArgumentParser, output_file
     parser = ArgumentParser(description="Validate documents (JSONL or a folder of .md/.txt) into a clean JSONL file.")
     parser.add_argument("--input", required=True, help="documents.jsonl or a folder of .md/.txt files")
-    parser.add_argument("--output", required=True, help="where to write the valid documents (JSONL)")
+    parser.add_argument("--output", type=output_file, required=True, help="where to write the valid documents (JSONL)")
     parser.add_argument("--rejected", default=None, help="where to write rejected records (default: next to --output)")
     parser.add_argument("--mode", choices=["strict", "lenient"], default="strict", help="strict: any problem is an error")
     parser.add_argument("--max_errors", type=int, default=50, help="problems listed before '... and N more'")

@@ -17,7 +17,7 @@ import re
 import string
 from pathlib import Path
 
-from nanochat.cli import ArgumentParser
+from nanochat.cli import ArgumentParser, output_file
 from nanochat.common import atomic_write_json
 from nanochat.rag.metrics import normalize_answer
 from nanochat.data.queries import load_queries
@@ -106,7 +106,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(description="Check held-out queries for leakage from the training queries.")
     p.add_argument("--train", required=True, help="training queries JSONL")
     p.add_argument("--heldout", nargs="+", required=True, help="split=path pairs, e.g. val=v.jsonl test=t.jsonl")
-    p.add_argument("--output", required=True, help="JSON report path")
+    p.add_argument("--output", type=output_file, required=True, help="JSON report path")
     p.add_argument("--max_leak_rate", type=float, default=0.0, help="fail above this share of leaked held-out questions")
     return p
 

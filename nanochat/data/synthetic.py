@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from nanochat.cli import ArgumentParser
+from nanochat.cli import ArgumentParser, output_dir
 from nanochat.common import atomic_write_json, sha256_file
 from nanochat.data.jsonl import write_jsonl
 
@@ -209,7 +209,7 @@ def generate_world(output_dir, seed: int = 0, n_entities: int = 2000, val_fracti
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description="Generate a seeded fictional world (documents + single/two-hop questions).")
-    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--output", type=output_dir, required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical files)")
     p.add_argument("--n_entities", type=int, default=2000, help="named entities = documents (one each)")
     p.add_argument("--val_fraction", type=float, default=0.1, help="share of entities in the val world")

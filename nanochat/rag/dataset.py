@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd  # noqa: F401  (type hints)
 from tqdm import tqdm
 
-from nanochat.cli import ArgumentParser
+from nanochat.cli import ArgumentParser, output_dir
 from nanochat.common import atomic_write_json, sha256_file
 from nanochat.data.queries import load_queries
 from nanochat.rag.base_tasks import load_base_conversations
@@ -90,7 +90,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--answer_style", default="short", choices=["short", "quote"],
                    help="short: ' <answer> [n]'; quote: the supporting sentences verbatim, then 'Answer: <answer> [n]'")
     p.add_argument("--examples_per_shard", type=int, default=4096, help="examples per .npz shard")
-    p.add_argument("--output", required=True, help="dataset directory")
+    p.add_argument("--output", type=output_dir, required=True, help="dataset directory")
     return p
 
 def main(argv=None) -> int:

@@ -194,7 +194,7 @@ def evaluate(model, tokenizer, items: list[dict], top_k: int, max_tokens: int = 
 
 def eval_parser(description: str, retrieval_help: str, source: str, max_tokens: int):
     """The flags every held-out evaluation CLI shares (scripts.rag_eval, scripts.refrag_eval); callers add theirs."""
-    from nanochat.cli import ArgumentParser
+    from nanochat.cli import ArgumentParser, output_dir
     p = ArgumentParser(description=description)
     p.add_argument("--knowledge_base", required=True, help="KB directory the retrieval table was built on")
     p.add_argument("--retrieval", required=True, help=retrieval_help)
@@ -209,7 +209,7 @@ def eval_parser(description: str, retrieval_help: str, source: str, max_tokens: 
     p.add_argument("--max_questions", type=int, default=-1, help="evaluate the first N questions (-1 = all)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--num_threads", type=int, default=-1, help="CPU threads (-1 = auto: 1 when the machine is oversubscribed)")
-    p.add_argument("--output", required=True, help="output directory for metrics.json, per_question.csv, *.png")
+    p.add_argument("--output", type=output_dir, required=True, help="output directory for metrics.json, per_question.csv, *.png")
     return p
 
 

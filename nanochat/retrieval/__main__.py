@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from nanochat.cli import ArgumentParser
+from nanochat.cli import ArgumentParser, output_dir
 from nanochat.retrieval.registry import RETRIEVERS
 
 
@@ -23,7 +23,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--chunks", default=None, help="pre-made chunks.parquet (python -m nanochat.data.chunking) instead of --documents")
     p.add_argument("--embeddings", default=None, help="pre-computed embeddings.npy matching --chunks (python -m nanochat.retrieval.embeddings)")
     p.add_argument("--embedder_info", default=None, help="JSON file describing --embeddings (model, precision)")
-    p.add_argument("--output", default=None, help="KB directory to create or extend")
+    p.add_argument("--output", type=output_dir, default=None, help="KB directory to create or extend")
     # --- index settings
     p.add_argument("--type", default="simple", help=f"retriever type(s), comma-separated: {', '.join(RETRIEVERS)}")
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="sentence-transformers model for dense/hybrid")

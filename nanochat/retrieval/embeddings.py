@@ -283,10 +283,10 @@ def ids_sha256(ids) -> str:
 
 
 def main(argv=None):
-    from nanochat.cli import ArgumentParser
+    from nanochat.cli import ArgumentParser, output_file
     parser = ArgumentParser(description="Embed KB chunks (chunks.parquet) into a normalised float32 .npy matrix.")
     parser.add_argument("--chunks", required=True, help="chunks.parquet with columns id, title, content")
-    parser.add_argument("--output", required=True, help="embeddings.npy to write (sidecar embeddings.json next to it)")
+    parser.add_argument("--output", type=output_file, required=True, help="embeddings.npy to write (sidecar embeddings.json next to it)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="packaged model name or local sentence-transformers dir")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (int8: dynamic quantization, CPU)")

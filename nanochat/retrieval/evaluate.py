@@ -104,7 +104,7 @@ def build_or_load_kb(docs: list[dict], kb_dir, retriever_type: str | list[str], 
     from nanochat.data.sources.beir import corpus_to_chunks
     from nanochat.data.chunking import chunks_to_frame
     from nanochat.retrieval.kb import KnowledgeBase, _read_manifest, build_knowledge_base_from_chunks, chunks_fingerprint
-    from nanochat.retrieval.registry import expand_types
+    from nanochat.retrieval.registry import expand_types, in_build_order
     kb_dir = Path(kb_dir)
     chunks = chunks_to_frame(corpus_to_chunks(docs))
     fp = chunks_fingerprint(chunks)
@@ -113,8 +113,7 @@ def build_or_load_kb(docs: list[dict], kb_dir, retriever_type: str | list[str], 
     if old and old.get("chunks_fingerprint") == fp and all(t in old.get("retrievers", {}) for t in wanted) \
             and not retriever_settings and (embeddings_path is None or "dense" not in wanted):
         return KnowledgeBase.load(kb_dir, verify=False), True
-    types = sorted(set(wanted) | set((old or {}).get("retrievers", {}) if old and old.get("chunks_fingerprint") == fp else set()),
-                   key=["simple", "bm25", "dense", "hybrid"].index)
+    types = in_build_order(set(wanted) | set((old or {}).get("retrievers", {}) if old and old.get("chunks_fingerprint") == fp else set()))
     emb_info = None
     if embeddings_path is not None:
         side = Path(embeddings_path).with_suffix(".json")
@@ -153,21 +152,23 @@ def evaluate_retriever(kb, retriever_type: str, queries: dict[str, str], qrels: 
 
 def main(argv=None):
     from nanochat.data.sources.beir import load_corpus, load_qrels, load_queries
-    from nanochat.cli import ArgumentParser
+    from nanochat.cli import ArgumentParser, output_file
+    from nanochat.retrieval.embeddings import PRECISIONS
+    from nanochat.retrieval.registry import RETRIEVERS
     parser = ArgumentParser(description="Retrieval metrics (nDCG@10, recall@10/100, MRR@10) on a BEIR dataset.")
     parser.add_argument("--corpus", required=True, help="BEIR corpus.jsonl[.gz] (_id, title, text)")
     parser.add_argument("--queries", required=True, help="BEIR queries.jsonl (_id, text)")
     parser.add_argument("--qrels", required=True, help="qrels TSV (query-id, corpus-id, score)")
-    parser.add_argument("--type", default="bm25", choices=["simple", "bm25", "dense", "hybrid"], help="retriever")
+    parser.add_argument("--type", default="bm25", choices=list(RETRIEVERS), help="retriever")
     parser.add_argument("--top_k", type=int, default=100, help="hits per query (>= 100 for recall@100)")
     parser.add_argument("--kb_dir", default=None, help="build the KB here, or reuse it if it already matches (default: a temp dir)")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="embedding model (dense/hybrid)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"], help="embedding precision")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="embedding precision")
     parser.add_argument("--embeddings", default=None, help="precomputed embeddings.npy (from python -m nanochat.retrieval.embeddings)")
     parser.add_argument("--settings", default=None, help='JSON search-time settings for the retriever, e.g. \'{"fusion": "rrf"}\'')
     parser.add_argument("--scorer", default="ranx", choices=["ranx", "numpy"], help="metric implementation")
     parser.add_argument("--run_output", default=None, help="also write the BEIR results {qid: {doc_id: score}} JSON here")
-    parser.add_argument("--output", required=True, help="metrics.json")
+    parser.add_argument("--output", type=output_file, required=True, help="metrics.json")
     args = parser.parse_args(argv)
     load_settings = json.loads(args.settings) if args.settings else {}
     if not isinstance(load_settings, dict):

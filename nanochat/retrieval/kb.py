@@ -26,7 +26,7 @@ import numpy as np
 
 from nanochat.common import atomic_path, atomic_write_json, sha256_file
 from nanochat.retrieval.base import Document
-from nanochat.retrieval.registry import NEEDS_EMBEDDINGS, dense_import_error, expand_types, get_retriever_class
+from nanochat.retrieval.registry import NEEDS_EMBEDDINGS, dense_import_error, expand_types, get_retriever_class, in_build_order
 
 FORMAT = "nanochat-kb"
 FORMAT_VERSION = 1
@@ -319,7 +319,7 @@ def _build(chunks, output_dir, retriever_types, chunker: dict, n_documents: int,
         cls = get_retriever_class(t)
         used = cls.build(out, chunks, dict(settings.get(t, {})), emb)
         retrievers[t] = {"settings": used or {}}
-    retrievers = {t: retrievers[t] for t in sorted(retrievers, key=["simple", "bm25", "dense", "hybrid"].index)}
+    retrievers = {t: retrievers[t] for t in in_build_order(retrievers)}
 
     rel_files = [CHUNKS] + ([EMBEDDINGS] if emb_info else [])
     for t in retrievers:

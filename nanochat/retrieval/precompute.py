@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nanochat.cli import ArgumentParser
+from nanochat.cli import ArgumentParser, output_file
+from nanochat.retrieval.hop_strategies import offline_choices
+from nanochat.retrieval.registry import RETRIEVERS
 from nanochat.common import atomic_path, atomic_write_json, sha256_file
 from nanochat.data.queries import load_queries
 
@@ -64,12 +66,7 @@ def _single_hop(manager, split: str, queries: list[dict], k_max: int, batch_size
 def _multi_hop(manager, split: str, queries: list[dict], max_hops: int, top_k_per_hop: int,
                strategy: str) -> pd.DataFrame:
     """Delegate to nanochat.retrieval.multihop; its rows carry query_index (position in `questions`)."""
-    try:
-        from nanochat.retrieval.multihop import multihop_retrieve
-    except ImportError as e:
-        raise RuntimeError(f"max_hops={max_hops} needs nanochat.retrieval.multihop.multihop_retrieve (REFRAG multi-hop "
-                           f"retrieval), which could not be imported ({e}). Use --max_hops 1 for single-hop "
-                           f"retrieval.") from None
+    from nanochat.retrieval.multihop import multihop_retrieve
     rows = multihop_retrieve(manager, [q["question"] for q in queries], max_hops=max_hops,
                              top_k_per_hop=top_k_per_hop, strategy=strategy)
     df = pd.DataFrame(list(rows))
@@ -173,15 +170,16 @@ def _parse_split_files(items: list[str]) -> dict:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description="Precompute top-K_max retrieval for every query of every split.")
     p.add_argument("--knowledge_base", required=True, help="KB directory (python -m nanochat.retrieval)")
-    p.add_argument("--retriever_type", default="bm25", help="simple|bm25|dense|hybrid")
+    p.add_argument("--retriever_type", default="bm25", choices=list(RETRIEVERS), help="index to search")
     p.add_argument("--queries", nargs="+", required=True, help="split=path pairs, e.g. train=q.jsonl val=v.jsonl")
     p.add_argument("--k_max", type=int, default=20, help="hits kept per query; any k <= k_max is a slice")
     p.add_argument("--max_hops", type=int, default=1, help="1 = single hop; >1 uses nanochat.retrieval.multihop")
     p.add_argument("--top_k_per_hop", type=int, default=3, help="documents per hop (max_hops > 1)")
-    p.add_argument("--strategy", default="append", help="follow-up query strategy passed to nanochat.retrieval.multihop")
+    p.add_argument("--strategy", default="append", choices=offline_choices(),
+                   help="follow-up query strategy (nanochat.retrieval.hop_strategies)")
     p.add_argument("--batch_size", type=int, default=256, help="queries per search_batch call")
     p.add_bool("--force", default=False, help="recompute even when the key matches")
-    p.add_argument("--output", required=True, help="output .parquet (meta at <output>.meta.json)")
+    p.add_argument("--output", type=output_file, required=True, help="output .parquet (meta at <output>.meta.json)")
     return p
 
 

@@ -108,3 +108,38 @@ def corpus_to_chunks(docs: list[dict]) -> list[dict]:
     return [{"id": f"{d['id']}#0", "doc_id": d["id"], "chunk_index": 0, "title": d["title"], "content": d["content"],
              "source": None, "metadata": d.get("metadata") or {}, "n_tokens": count_tokens(d["content"]),
              "char_start": 0, "char_end": len(d["content"])} for d in docs]
+
+
+def convert_beir(input_dir, output_dir, seed: int = 0) -> dict:
+    """A BEIR folder (corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv) -> documents.jsonl + queries_<split>.jsonl.
+
+    BEIR has no answers: the query files carry gold doc_ids only (retrieval evaluation and retriever training).
+    qrels split names map to ours (dev -> val); relevance 0 rows are not gold. `seed` is unused (BEIR's splits are
+    given) and accepted so every source converts with the same call.
+    """
+    from nanochat.common import atomic_write_json
+    from nanochat.data.jsonl import write_jsonl
+    input_dir, out = Path(input_dir), Path(output_dir)
+    corpus = next((input_dir / n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (input_dir / n).is_file()), None)
+    if corpus is None:
+        raise FileNotFoundError(f"{input_dir}: no corpus.jsonl or corpus.jsonl.gz (a BEIR dataset folder)")
+    docs = load_corpus(corpus)
+    queries = load_queries(input_dir / "queries.jsonl")
+    qrel_files = sorted((input_dir / "qrels").glob("*.tsv"))
+    if not qrel_files:
+        raise FileNotFoundError(f"{input_dir / 'qrels'}: no <split>.tsv qrels files")
+    write_jsonl(out / "documents.jsonl", docs)
+    splits = {}
+    for f in qrel_files:
+        split = {"dev": "val"}.get(f.stem, f.stem)
+        qrels = load_qrels(f)
+        missing = sorted(set(qrels) - set(queries))
+        if missing:
+            raise ValueError(f"{f}: query-id {missing[0]!r} (and {len(missing) - 1} more) not in queries.jsonl")
+        rows = [{"id": q, "question": queries[q], "answers": [], "doc_ids": sorted(d for d, r in rel.items() if r > 0)}
+                for q, rel in sorted(qrels.items())]
+        write_jsonl(out / f"queries_{split}.jsonl", [r for r in rows if r["doc_ids"]])
+        splits[split] = len(rows)
+    manifest = {"source": "beir", "input": str(input_dir), "documents": len(docs), "queries": splits}
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
