@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from nanochat.common import atomic_path
+from nanochat.common import atomic_path, print0
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 SENTENCE_END = {".", "!", "?"}
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     docs = load_documents(args.input, mode="strict")
     rows = chunk_documents(docs, args.chunk_tokens, args.overlap, show_progress=True)
     write_chunks(rows, args.output)
-    print(f"wrote {len(rows)} chunks from {len(docs)} documents to {args.output}")
+    print0(f"wrote {len(rows)} chunks from {len(docs)} documents to {args.output}")
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nanochat.common import print0
 from nanochat.cli import ArgumentParser, output_dir
 from nanochat.data.leakage import QUESTION_WORDS
 from nanochat.rag.metrics import normalize_answer
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     out = Path(args.output)
     write_queries(out / "queries_train.jsonl", train)
     write_queries(out / "queries_val.jsonl", val)
-    print(f"wrote {len(train)} train and {len(val)} val questions to {out}")
+    print0(f"wrote {len(train)} train and {len(val)} val questions to {out}")
     return 0
 
 

@@ -19,6 +19,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanochat.common import print0
 from nanochat.data.jsonl import jsonl_lines, write_jsonl  # noqa: F401  (write_jsonl: part of this module's API)
 
 MAX_WORDS_WARN = 2000  # the guide's best practices: documents above ~2000 words retrieve poorly
@@ -204,7 +205,7 @@ def load_documents(path, mode: str = "strict", rejected_path=None, max_errors: i
         report = validate_records(documents_from_folder(path), name=str(path))
     else:
         report = validate_jsonl(path)
-    log = (lambda *a: print(*a, file=sys.stderr)) if verbose else (lambda *a: None)
+    log = (lambda *a: print0(*a, file=sys.stderr)) if verbose else (lambda *a: None)
     for w in report.warnings[:max_errors]:
         log(f"WARN {w}")
     if len(report.warnings) > max_errors:
@@ -237,10 +238,10 @@ def main(argv=None) -> int:
     try:
         docs = load_documents(args.input, mode=args.mode, rejected_path=rejected, max_errors=args.max_errors)
     except (DocumentValidationError, FileNotFoundError, ValueError) as e:
-        print(f"ERROR {e}", file=sys.stderr)
+        print0(f"ERROR {e}", file=sys.stderr)
         return 1
     write_jsonl(args.output, docs)
-    print(f"wrote {len(docs)} documents to {args.output}")
+    print0(f"wrote {len(docs)} documents to {args.output}")
     return 0
 
 

@@ -18,7 +18,7 @@ import string
 from pathlib import Path
 
 from nanochat.cli import ArgumentParser, output_file
-from nanochat.common import atomic_write_json
+from nanochat.common import atomic_write_json, print0
 from nanochat.rag.metrics import normalize_answer
 from nanochat.data.queries import load_queries
 
@@ -122,9 +122,9 @@ def main(argv=None) -> int:
     try:
         report = check_leakage(args.train, heldout, args.output, args.max_leak_rate)
     except LeakageError as e:
-        print(f"LEAKAGE: {e}")
+        print0(f"LEAKAGE: {e}")
         return 1
-    print(f"no leakage above {args.max_leak_rate}: " +
+    print0(f"no leakage above {args.max_leak_rate}: " +
           ", ".join(f"{s} {v['n_leaked']}/{v['n_heldout']}" for s, v in report["splits"].items()))
     return 0
 

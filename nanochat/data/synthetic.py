@@ -23,7 +23,7 @@ import random
 from pathlib import Path
 
 from nanochat.cli import ArgumentParser, output_dir
-from nanochat.common import atomic_write_json, sha256_file
+from nanochat.common import atomic_write_json, sha256_file, print0
 from nanochat.data.jsonl import write_jsonl
 
 SYLLABLES = ["zor", "vik", "bel", "tra", "mon", "qua", "rin", "dal", "fen", "gor", "lux", "nim", "pax", "sel",
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     m = generate_world(args.output, seed=args.seed, n_entities=args.n_entities, val_fraction=args.val_fraction,
                        test_fraction=args.test_fraction, two_hop=args.two_hop)
-    print(f"wrote {m['n_documents']} documents and queries {m['n_queries']} to {args.output}")
+    print0(f"wrote {m['n_documents']} documents and queries {m['n_queries']} to {args.output}")
     return 0
 
 

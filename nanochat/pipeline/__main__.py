@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from nanochat.cli import ArgumentParser
+from nanochat.common import setup_logging
 from nanochat.pipeline.dvc import write_or_check
 from nanochat.pipeline.launch import mark_checkpoint, prepare_resume
 
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--configfile", default="config/config.yaml")
     p.add_bool("--check", default=False, help="exit 1 when the file differs from the generated one")
     args = parser.parse_args(argv)
+    setup_logging()
     if args.command == "prepare_resume":
         prepare_resume(args.checkpoint_dir, args.inputs, args.settings)
     elif args.command == "mark_checkpoint":

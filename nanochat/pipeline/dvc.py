@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from nanochat.common import atomic_path
+from nanochat.common import atomic_path, print0
 
 
 DVC_HEADER = """\
@@ -129,12 +129,12 @@ def write_or_check(output="dvc.yaml", configfile="config/config.yaml", check=Fal
         if current != text:
             import difflib
             diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(path), "generated"))
-            print(f"{path} is out of date with the Snakemake DAG; regenerate it with "
+            print0(f"{path} is out of date with the Snakemake DAG; regenerate it with "
                   f"`python -m nanochat.pipeline dvc`:\n{diff}", file=sys.stderr)
             return 1
-        print(f"{path} matches the Snakemake DAG")
+        print0(f"{path} matches the Snakemake DAG")
         return 0
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    print(f"wrote {path}")
+    print0(f"wrote {path}")
     return 0

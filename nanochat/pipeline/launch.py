@@ -6,14 +6,16 @@ import contextlib
 import hashlib
 import importlib
 import json
+import logging
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from nanochat.common import atomic_write_json, sha256_file
+from nanochat.common import atomic_write_json, setup_logging, sha256_file
 
 FINGERPRINT_FILE = "workflow_fingerprint.json"
+logger = logging.getLogger(__name__)
 
 
 def torchrun_prefix(gpus: int, nodes: int = 1, port: int = 29500) -> str:
@@ -58,6 +60,7 @@ def code_files(basedir, *modules: str) -> list[str]:
 @contextlib.contextmanager
 def log_to(path):
     """Send this process's stdout and stderr (file descriptors too, so C extensions and tqdm) to a log file."""
+    setup_logging()
     if path is None:
         yield
         return
@@ -125,14 +128,14 @@ def prepare_resume(checkpoint_dir, inputs: list, settings: str) -> bool:
     fp = fingerprint(inputs, settings)
     stamp = checkpoint_dir / FINGERPRINT_FILE
     if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fp:
-        print(f"prepare_resume: {checkpoint_dir} matches the current inputs; training resumes from it", flush=True)
+        logger.info("prepare_resume: %s matches the current inputs; training resumes from it", checkpoint_dir)
         return True
     if checkpoint_dir.exists() and any(checkpoint_dir.iterdir()):
         stale = checkpoint_dir.with_name(checkpoint_dir.name + ".stale")
         if stale.exists():
             shutil.rmtree(stale)
         checkpoint_dir.rename(stale)
-        print(f"prepare_resume: inputs or settings changed; moved old checkpoints to {stale}", flush=True)
+        logger.info("prepare_resume: inputs or settings changed; moved old checkpoints to %s", stale)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stamp, {"fingerprint": fp, "inputs": [str(f) for f in inputs], "settings": settings})
     return False

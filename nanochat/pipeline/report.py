@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from nanochat.common import write_csv
+
+logger = logging.getLogger(__name__)
 
 
 REPORT_COLUMNS = ["em", "exact_match", "f1", "citation_precision", "citation_recall", "recall@k"]
@@ -34,7 +37,7 @@ def collect_metrics(metrics_files: list, runs: list, table_path, plot_path):
     write_csv(table_path, rows)
     df = pd.DataFrame(rows)
     _plot_scores(df, plot_path)
-    print(f"report: {len(df)} runs -> {table_path}, {plot_path}", flush=True)
+    logger.info("report: %d runs -> %s, %s", len(df), table_path, plot_path)
     return df
 
 def _plot_scores(df, plot_path) -> None:

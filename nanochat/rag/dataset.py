@@ -14,7 +14,7 @@ import pandas as pd  # noqa: F401  (type hints)
 from tqdm import tqdm
 
 from nanochat.cli import ArgumentParser, output_dir
-from nanochat.common import atomic_write_json, sha256_file
+from nanochat.common import atomic_write_json, sha256_file, print0
 from nanochat.data.queries import load_queries
 from nanochat.rag.base_tasks import load_base_conversations
 from nanochat.rag.conversation import SYSTEM_PROMPT, ChunkStore
@@ -108,5 +108,5 @@ def main(argv=None) -> int:
                       args.seed, args.base_tasks, args.base_mix, args.examples_per_shard, provenance, args.turns,
                       args.p_counterfactual, args.answer_style, args.turn_scope)
     for split, s in m["splits"].items():
-        print(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
+        print0(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
     return 0

@@ -84,18 +84,12 @@ def truncate_docs(docs: list[dict], max_doc_length: int | None) -> list[dict]:
 
 def retrieval_scores(ranked_doc_ids: list[str], gold: list[str], k: int) -> tuple[float, float]:
     """(recall@k, nDCG@10) at document level: ranked chunk doc_ids deduplicated in order, binary relevance."""
-    seen, docs = set(), []
-    for d in ranked_doc_ids:
-        if d not in seen:
-            seen.add(d)
-            docs.append(d)
-    gold = set(gold)
+    from nanochat.retrieval.evaluate import ranking_metric
     if not gold:
         return math.nan, math.nan
-    recall = len(gold & set(docs[:k])) / len(gold)
-    dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(docs[:10]) if d in gold)
-    idcg = sum(1.0 / math.log2(i + 2) for i in range(min(len(gold), 10)))
-    return recall, dcg / idcg
+    docs = list(dict.fromkeys(ranked_doc_ids))
+    rels = {g: 1 for g in gold}
+    return ranking_metric(f"recall@{k}", rels, docs), ranking_metric("ndcg@10", rels, docs)
 
 
 def score_answer(answer: str, item: dict, documents: list[dict] | None) -> dict:

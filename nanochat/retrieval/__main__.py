@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 
+from nanochat.common import print0
 from nanochat.cli import ArgumentParser, output_dir
 from nanochat.retrieval.registry import RETRIEVERS
 
@@ -46,15 +47,15 @@ def build_parser() -> ArgumentParser:
 def run_query(args) -> int:
     from nanochat.retrieval import RetrievalManager
     if not args.query:
-        print("ERROR --knowledge_base needs at least one --query", file=sys.stderr)
+        print0("ERROR --knowledge_base needs at least one --query", file=sys.stderr)
         return 2
     manager = RetrievalManager(retriever_type=args.type, knowledge_base_path=args.knowledge_base)
     for query, docs in zip(args.query, manager.retrieve_batch(args.query, top_k=args.top_k)):
-        print(f"Query: {query}")
+        print0(f"Query: {query}")
         if not docs:
-            print("  (no matching documents)")
+            print0("  (no matching documents)")
         for doc in docs:
-            print(f"Score: {doc.score:.3f} - {doc.title}  [{doc.id}]")
+            print0(f"Score: {doc.score:.3f} - {doc.title}  [{doc.id}]")
     return 0
 
 
@@ -74,7 +75,7 @@ def run_build(args) -> int:
                                   chunk_overlap=args.chunk_overlap, validation=args.validation, precision=args.precision,
                                   bm25_settings=bm25, rejected_path=rejected)
     c = kb.manifest["counts"]
-    print(f"Knowledge base ready: {kb.path} ({c['documents']} documents, {c['chunks']} chunks; "
+    print0(f"Knowledge base ready: {kb.path} ({c['documents']} documents, {c['chunks']} chunks; "
           f"indexes: {', '.join(kb.retriever_types)}; kb_id {kb.kb_id[:12]})")
     return 0
 
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
         from nanochat.data.documents import DocumentValidationError
         from nanochat.retrieval.kb import KnowledgeBaseError
         if isinstance(e, (DocumentValidationError, KnowledgeBaseError, FileNotFoundError, ImportError, ValueError)):
-            print(f"ERROR {e}", file=sys.stderr)
+            print0(f"ERROR {e}", file=sys.stderr)
             return 1
         raise
 

@@ -47,7 +47,9 @@ def run_from_indices(qids: list[str], indices: np.ndarray, doc_ids: np.ndarray) 
     return run
 
 
-def _numpy_metric(name: str, rels: dict[str, int], ranked: list[str]) -> float:
+def ranking_metric(name: str, rels: dict[str, int], ranked: list[str]) -> float:
+    """One query's ndcg@k / recall@k / precision@k / mrr@k of a ranked list of doc ids (the one implementation;
+    ranx computes the same numbers for whole runs)."""
     metric, _, cut = name.partition("@")
     k = int(cut) if cut else len(ranked)
     top = ranked[:k]
@@ -86,7 +88,7 @@ def compute_metrics(qrels: dict, run: dict, metrics=DEFAULT_METRICS, scorer: str
         vals = []
         for q, rels in qrels.items():
             ranked = sorted(run.get(q, {}).items(), key=lambda kv: (-kv[1], kv[0]))
-            vals.append(_numpy_metric(m, rels, [d for d, _ in ranked]))
+            vals.append(ranking_metric(m, rels, [d for d, _ in ranked]))
         out[m] = float(np.mean(vals)) if vals else 0.0
     return out
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm import tqdm
 
+from nanochat.common import print0
 from nanochat.retrieval.hop_strategies import (DEFAULT_STRATEGY, extract_entities, focus_sentences,  # noqa: F401
                                               next_hop_query, offline_choices, resolve_strategy)
 
@@ -130,11 +131,11 @@ def main(argv=None) -> int:
     rows = multihop_retrieve(manager, args.question, args.max_hops, args.top_k_per_hop, args.hop_strategy,
                              show_progress=False)
     for qi, hops in group_hops(rows, key="query_index").items():
-        print(f"Q: {args.question[qi]}")
+        print0(f"Q: {args.question[qi]}")
         for h, q, hits in hops:
-            print(f"  hop {h}: {q}")
+            print0(f"  hop {h}: {q}")
             for c, d, s in hits:
-                print(f"    {s:8.3f}  {c}")
+                print0(f"    {s:8.3f}  {c}")
     return 0
 
 

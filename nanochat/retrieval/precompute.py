@@ -23,7 +23,7 @@ from tqdm import tqdm
 from nanochat.cli import ArgumentParser, output_file
 from nanochat.retrieval.hop_strategies import offline_choices
 from nanochat.retrieval.registry import RETRIEVERS
-from nanochat.common import atomic_path, atomic_write_json, sha256_file
+from nanochat.common import atomic_path, atomic_write_json, sha256_file, print0
 from nanochat.data.queries import load_queries
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
                                 args.k_max, args.output, max_hops=args.max_hops, top_k_per_hop=args.top_k_per_hop,
                                 strategy=args.strategy, batch_size=args.batch_size, force=args.force)
     status = "reused" if meta.get("reused") else "wrote"
-    print(f"{status} {args.output}: {meta['n_rows']} rows; recall {json.dumps(meta['recall'])}")
+    print0(f"{status} {args.output}: {meta['n_rows']} rows; recall {json.dumps(meta['recall'])}")
     return 0
 
 

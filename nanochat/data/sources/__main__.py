@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from nanochat.common import print0
 from nanochat.cli import ArgumentParser, output_dir
 from nanochat.data.sources import SOURCES, get_converter
 
@@ -15,7 +16,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="split seed (sources without given splits)")
     args = p.parse_args(argv)
     manifest = get_converter(args.source)(args.input, args.output, seed=args.seed)
-    print(json.dumps(manifest, indent=1, default=str)[:2000])
+    print0(json.dumps(manifest, indent=1, default=str)[:2000])
     return 0
 
 

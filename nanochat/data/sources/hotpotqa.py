@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path
 
 from nanochat.cli import ArgumentParser, output_dir
-from nanochat.common import atomic_write_json, sha256_file
+from nanochat.common import atomic_write_json, sha256_file, print0
 from nanochat.data.queries import write_queries
 from nanochat.data.jsonl import read_jsonl, write_jsonl
 
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     fr = (1 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction)
     m = convert_hotpotqa(args.input, args.output, args.seed, fr)
-    print(f"wrote {m['n_documents']} documents and queries {m['n_queries']} to {args.output}")
+    print0(f"wrote {m['n_documents']} documents and queries {m['n_queries']} to {args.output}")
     return 0
 
 
