@@ -14,7 +14,7 @@ rule build_dataset:
         train=run_query("train"),
         val=run_query("val"),
         tokenizer=run_tokenizer,
-        code=code("nanochat.rag.dataset", "nanochat.rag.raft", "nanochat.rag.shards", "nanochat.rag.conversation", "nanochat.tokenizer", "nanochat.retrieval.precompute"),
+        code=code_of("workflow/scripts/build_dataset.py"),
     output:
         manifest="results/runs/{run}/dataset/manifest.json",
     params:

@@ -15,7 +15,7 @@ rule evaluate_run:
         model=run_checkpoint_done,
         retrieval="results/runs/{run}/retrieval.parquet",
         test=run_query("test"),
-        code=code("scripts.rag_eval", "nanochat.rag.metrics", "nanochat.engine", "nanochat.checkpoint_manager"),
+        code=code_of("workflow/scripts/evaluate_run.py"),
     output:
         metrics="results/runs/{run}/eval/metrics.json",
         per_question="results/runs/{run}/eval/per_question.csv",
@@ -53,8 +53,7 @@ rule evaluate_refrag_run:
         model=run_checkpoint_done,
         retrieval="results/runs/{run}/retrieval.parquet",
         test=run_query("test"),
-        code=code("scripts.refrag_eval", "nanochat.rag.refrag_eval", "nanochat.rag.multihop_data", "nanochat.rag.conversation", "nanochat.rag.rewards",
-                  "nanochat.rag.metrics", "nanochat.engine", "nanochat.checkpoint_manager"),
+        code=code_of("workflow/scripts/evaluate_refrag_run.py"),
     output:
         metrics="results/runs/{run}/eval/metrics.json",
         per_question="results/runs/{run}/eval/per_question.csv",

@@ -9,7 +9,7 @@ rule report:
     """Collect every run's metrics (with its kb_id) into one table and plot them side by side."""
     input:
         metrics=expand("results/runs/{run}/eval/metrics.json", run=RUNS),
-        code=code("nanochat.pipeline"),
+        code=code_of("workflow/scripts/report.py"),
     output:
         table=report(
             "results/report/metrics.csv",

@@ -12,7 +12,7 @@ rule precompute_retrieval:
         train=run_query("train"),
         val=run_query("val"),
         test=run_query("test"),
-        code=precompute_code,
+        code=code_of("workflow/scripts/precompute_retrieval.py"),
     output:
         retrieval="results/runs/{run}/retrieval.parquet",
         meta="results/runs/{run}/retrieval.parquet.meta.json",
@@ -42,7 +42,7 @@ rule check_leakage:
         train=run_query("train"),
         val=run_query("val"),
         test=run_query("test"),
-        code=code("nanochat.data.leakage", "nanochat.data.queries"),
+        code=code_of("workflow/scripts/check_leakage.py"),
     output:
         report="results/runs/{run}/leakage.json",
     params:

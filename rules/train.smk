@@ -17,8 +17,7 @@ rule rag_finetune:
         kb=run_kb,
         dataset="results/runs/{run}/dataset/manifest.json",
         base_model=run_base_model,
-        code=code("scripts.rag_finetune", "nanochat.train.loop", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks",
-                  "nanochat.copy_head", "nanochat.checkpoint_manager", "nanochat.rag.raft", "nanochat.pipeline"),
+        code=code_of("nanochat.pipeline", "scripts.rag_finetune"),
     output:
         done=f"{config['base_dir']}/rag_checkpoints/{{run}}/done.json",
     wildcard_constraints:
@@ -57,9 +56,7 @@ rule refrag_finetune:
         train=run_query("train"),
         val=run_query("val"),
         start_model=run_start_model,
-        code=code("scripts.refrag_finetune", "nanochat.rag.multihop_data", "nanochat.rag.conversation", "nanochat.train.reward_phase", "nanochat.rag.rewards", "nanochat.retrieval.multihop",
-                  "nanochat.train.loop", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks", "nanochat.copy_head",
-                  "nanochat.checkpoint_manager", "nanochat.rag.raft", "nanochat.pipeline"),
+        code=code_of("nanochat.pipeline", "scripts.refrag_finetune"),
     output:
         done=f"{config['base_dir']}/refrag_checkpoints/{{run}}/done.json",
     wildcard_constraints:

@@ -57,7 +57,8 @@ def snakemake_jobs(snakefile="Snakefile", configfile="config/config.yaml", workd
             script = job.rule.script and os.path.relpath((rule_file.parent / job.rule.script).resolve(), workdir)
             jobs.append({"rule": job.rule.name, "stage": rule_file.stem, "rule_file": os.path.relpath(rule_file, workdir),
                          "script": script, "input": [str(f) for f in job.input], "output": [str(f) for f in job.output],
-                         "params": {k: v for k, v in job.params.items() if isinstance(v, (str, int, float))}})
+                         "params": {k: v for k, v in job.params.items() if isinstance(v, (str, int, float))},
+                         "code": [str(f) for f in job.input.get("code", [])], "shell": job.rule.shellcmd})
     return sorted(jobs, key=lambda j: (j["rule"], j["output"]))
 
 def _under(path: str, directory: str) -> bool:
