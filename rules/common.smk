@@ -47,6 +47,17 @@ def code_of(*entries):
     return code_deps.code_of(workflow.basedir, *entries)
 
 
+STAGE_CONFIG = {}  # rule file stem -> the config sections its rules read, declared by reads_config()
+
+
+def reads_config(*keys):
+    """Declared at the top of each rule file: the config sections (or dotted keys) its rules read. The DVC stage
+    generated from the file lists them as `params:` (python -m nanochat.pipeline dvc); Snakemake itself tracks
+    each job's own params."""
+    stage = Path(workflow.included_stack[-1].get_path_or_uri(secret_free=True)).stem
+    STAGE_CONFIG[stage] = list(keys)
+
+
 def kb_setting(key):
     """Input/params function: one key of the {kb} entry."""
 

@@ -4,6 +4,8 @@ REQUIRED INPUTS: results/runs/<run>/retrieval.parquet, leakage.json (must pass),
 OUTPUTS: results/runs/<run>/dataset/manifest.json (written last, after the {train,val}_XXXXX.npz shards)
 """
 
+reads_config("runs")
+
 
 rule build_dataset:
     """Tokenise the run's training and validation conversations into shards."""

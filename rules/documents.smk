@@ -4,6 +4,8 @@ REQUIRED INPUTS: knowledge_bases.<kb>.documents (documents.jsonl), or nothing fo
 OUTPUTS: results/synthetic/*.jsonl, results/kb/<kb>/documents.jsonl (+ rejected.jsonl), results/kb/<kb>/chunks.parquet
 """
 
+reads_config("synthetic", "knowledge_bases")
+
 
 rule synthetic_world:
     """Generate the seeded synthetic world (documents + single/two-hop queries) used by the default config."""

@@ -7,6 +7,8 @@ refrag runs: scripts.refrag_eval (REFRAG vs the compare_with RAG run vs no retri
 recall, reward curve).
 """
 
+reads_config("base_dir", "device", "runs")
+
 
 rule evaluate_run:
     """Answer every test question with the fine-tuned model over precomputed retrieval; score EM/F1/citations."""

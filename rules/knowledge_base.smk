@@ -5,6 +5,8 @@ OUTPUTS: results/kb/<kb>/embeddings.npy, results/kb/<kb>/<type>/manifest.json (t
 its kb_id is the content hash every downstream metric carries)
 """
 
+reads_config("knowledge_bases")
+
 
 rule embed_chunks:
     """Encode every chunk with the sentence-transformers model (L2-normalised float32)."""

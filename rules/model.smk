@@ -5,6 +5,8 @@ OUTPUTS: results/models/<kb>/tokenizer/tokenizer_meta.json, results/models/<kb>/
 (the base checkpoint itself lives in <base_dir>/base_checkpoints/<kb>.<size>/; base_model.json is its done-marker)
 """
 
+reads_config("base_dir", "device", "tokenizer", "models")
+
 
 rule train_tokenizer:
     """Train the BPE tokenizer on the KB text (tokenizer_meta.json is written last)."""

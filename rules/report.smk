@@ -4,6 +4,8 @@ REQUIRED INPUTS: results/runs/<run>/eval/metrics.json for every run
 OUTPUTS: results/report/metrics.csv, results/report/metrics.png
 """
 
+reads_config()  # only the run names, which dvc.yaml already spells out in its deps
+
 
 rule report:
     """Collect every run's metrics (with its kb_id) into one table and plot them side by side."""

@@ -4,6 +4,8 @@ REQUIRED INPUTS: the run's KB index manifest and its train/val/test query files
 OUTPUTS: results/runs/<run>/retrieval.parquet (+ .meta.json sidecar with kb_id and recall@k), results/runs/<run>/leakage.json
 """
 
+reads_config("runs", "leakage")
+
 
 rule precompute_retrieval:
     """Retrieve k_max chunks per query (per hop for refrag runs) for all three splits."""

@@ -10,6 +10,8 @@ GPUs: `--nproc_per_node` is the rule's `gpu` resource (1 process on CPU when no 
 (SLURM, resources nodes>1): see profiles/slurm/config.yaml.
 """
 
+reads_config("base_dir", "device", "runs")
+
 
 rule rag_finetune:
     """Single-hop RAG fine-tuning of the base model on the run's precomputed conversations."""
