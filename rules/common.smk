@@ -13,7 +13,7 @@ sys.path.insert(0, workflow.basedir)
 from nanochat.pipeline import code_deps
 from nanochat.pipeline import config as wf_config
 from nanochat.pipeline import launch as wf_launch
-from nanochat.retrieval.registry import NEEDS_EMBEDDINGS
+from nanochat.retrieval.registry import NEEDS_EMBEDDINGS, RETRIEVERS
 
 wf_launch.use_checkout(workflow.basedir)
 
