@@ -23,7 +23,7 @@ from pathlib import Path
 
 LOCAL_PACKAGES = ("nanochat", "scripts")
 MOVED_TABLE = Path("nanochat/_moved.py")  # its strings are aliases to resolve through, not dependencies
-_MODULE_STRING = re.compile(r"(?:%s)(?:\.[A-Za-z_]\w*)+" % "|".join(LOCAL_PACKAGES))
+_MODULE_STRING = re.compile(rf"(?:{'|'.join(LOCAL_PACKAGES)})(?:\.[A-Za-z_]\w*)+")
 
 
 class UnknownModuleError(ImportError):
@@ -144,7 +144,9 @@ class CodeGraph:
         found: set[Path] = set()
         rel = os.path.relpath(path, self.root)
         for node in ast.walk(self._parse(path)):
-            where = f"{rel}:{getattr(node, 'lineno', '?')}"
+            if not isinstance(node, (ast.Import, ast.ImportFrom, ast.Constant)):
+                continue
+            where = f"{rel}:{node.lineno}"
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if _is_local(alias.name):
@@ -199,12 +201,12 @@ class CodeGraph:
         return sorted(seen)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _graph(root: str) -> CodeGraph:
     return CodeGraph(root)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _closure(root: str, entries: tuple[str, ...]) -> tuple[Path, ...]:
     return tuple(_graph(root).closure(*entries))
 

@@ -77,11 +77,11 @@ def test_unknown_module_is_an_error(tmp_path, source, message):
 def test_unknown_entry_is_an_error(tmp_path):
     root = write(tmp_path, TREE)
     graph = CodeGraph(root)
-    with pytest.raises(UnknownModuleError, match="no module named 'nanochat.nope'"):
+    with pytest.raises(UnknownModuleError, match=r"no module named 'nanochat\.nope'"):
         graph.closure("nanochat.nope")
-    with pytest.raises(UnknownModuleError, match="no file workflow/nope.py"):
+    with pytest.raises(UnknownModuleError, match=r"no file workflow/nope\.py"):
         graph.closure("workflow/nope.py")
-    with pytest.raises(UnknownModuleError, match="package 'nanochat.sub' has no __main__.py"):
+    with pytest.raises(UnknownModuleError, match=r"package 'nanochat\.sub' has no __main__\.py"):
         graph.closure("nanochat.sub")
     with pytest.raises(UnknownModuleError, match="not a module of this repo"):
         graph.closure("numpy")
