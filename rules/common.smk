@@ -51,9 +51,9 @@ STAGE_CONFIG = {}  # rule file stem -> the config sections its rules read, decla
 
 
 def reads_config(*keys):
-    """Declared at the top of each rule file: the config sections (or dotted keys) its rules read. The DVC stage
-    generated from the file lists them as `params:` (python -m nanochat.pipeline dvc); Snakemake itself tracks
-    each job's own params."""
+    """The config sections (or dotted keys) the rules of a file read, declared once at the top of each file under
+    rules/. The DVC stage generated from the file lists them as `params:` (python -m nanochat.pipeline dvc);
+    Snakemake itself tracks each job's own params."""
     stage = Path(workflow.included_stack[-1].get_path_or_uri(secret_free=True)).stem
     STAGE_CONFIG[stage] = list(keys)
 
