@@ -4,6 +4,8 @@ REQUIRED INPUTS: results/runs/<run>/retrieval.parquet, leakage.json (must pass),
 OUTPUTS: results/runs/<run>/dataset/manifest.json (written last, after the {train,val}_XXXXX.npz shards)
 """
 
+reads_config("runs")
+
 
 rule build_dataset:
     """Tokenise the run's training and validation conversations into shards."""
@@ -14,7 +16,7 @@ rule build_dataset:
         train=run_query("train"),
         val=run_query("val"),
         tokenizer=run_tokenizer,
-        code=code("nanochat.rag.dataset", "nanochat.rag.raft", "nanochat.rag.shards", "nanochat.rag.conversation", "nanochat.tokenizer", "nanochat.retrieval.precompute"),
+        code=code_of("workflow/scripts/build_dataset.py"),
     output:
         manifest="results/runs/{run}/dataset/manifest.json",
     params:

@@ -10,6 +10,8 @@ GPUs: `--nproc_per_node` is the rule's `gpu` resource (1 process on CPU when no 
 (SLURM, resources nodes>1): see profiles/slurm/config.yaml.
 """
 
+reads_config("base_dir", "device", "runs")
+
 
 rule rag_finetune:
     """Single-hop RAG fine-tuning of the base model on the run's precomputed conversations."""
@@ -17,8 +19,7 @@ rule rag_finetune:
         kb=run_kb,
         dataset="results/runs/{run}/dataset/manifest.json",
         base_model=run_base_model,
-        code=code("scripts.rag_finetune", "nanochat.train.loop", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks",
-                  "nanochat.copy_head", "nanochat.checkpoint_manager", "nanochat.rag.raft", "nanochat.pipeline"),
+        code=code_of("nanochat.pipeline", "scripts.rag_finetune"),
     output:
         done=f"{config['base_dir']}/rag_checkpoints/{{run}}/done.json",
     wildcard_constraints:
@@ -57,9 +58,7 @@ rule refrag_finetune:
         train=run_query("train"),
         val=run_query("val"),
         start_model=run_start_model,
-        code=code("scripts.refrag_finetune", "nanochat.rag.multihop_data", "nanochat.rag.conversation", "nanochat.train.reward_phase", "nanochat.rag.rewards", "nanochat.retrieval.multihop",
-                  "nanochat.train.loop", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks", "nanochat.copy_head",
-                  "nanochat.checkpoint_manager", "nanochat.rag.raft", "nanochat.pipeline"),
+        code=code_of("nanochat.pipeline", "scripts.refrag_finetune"),
     output:
         done=f"{config['base_dir']}/refrag_checkpoints/{{run}}/done.json",
     wildcard_constraints:

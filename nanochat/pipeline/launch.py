@@ -38,25 +38,6 @@ def use_checkout(basedir) -> None:
     paths = [str(basedir)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
-def code_files(basedir, *modules: str) -> list[str]:
-    """Source files of dotted modules (a package means all its .py files), relative to the working directory.
-
-    Modules that do not exist (yet) are skipped so that the DAG still builds while a module is being written.
-    """
-    basedir, files = Path(basedir), []
-    for mod in modules:
-        path = basedir.joinpath(*mod.split("."))
-        if path.is_dir():
-            files += sorted(str(p) for p in path.rglob("*.py"))
-        elif path.with_suffix(".py").is_file():
-            files.append(str(path.with_suffix(".py")))
-    cwd = Path.cwd().resolve()
-    rel = []
-    for f in files:
-        p = Path(f).resolve()
-        rel.append(str(p.relative_to(cwd)) if p.is_relative_to(cwd) else str(p))
-    return rel
-
 @contextlib.contextmanager
 def log_to(path):
     """Send this process's stdout and stderr (file descriptors too, so C extensions and tqdm) to a log file."""

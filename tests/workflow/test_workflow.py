@@ -113,3 +113,12 @@ def test_interrupted_job_leaves_no_complete_output(tmp_path):
         jobs = dry_run(work, "--rerun-incomplete", "--configfile", TINY, "--replace-workflow-config",
                        "results/synthetic/manifest.json")
         assert jobs.get("synthetic_world") == 1, jobs
+
+
+def test_four_kbs_three_runs_dag_shape():
+    """The planning-time config (4 KBs x 3 runs): one index per (KB, type used, plus the text index)."""
+    jobs = jobs_of("tests/workflow/config_4kb.yaml")
+    assert jobs == {"all": 1, "synthetic_world": 1, "validate_documents": 4, "chunk_documents": 4, "embed_chunks": 4,
+                    "build_index": 13, "train_tokenizer": 4, "base_train": 4, "precompute_retrieval": 12,
+                    "check_leakage": 12, "build_dataset": 12, "rag_finetune": 8, "refrag_finetune": 4,
+                    "evaluate_run": 8, "evaluate_refrag_run": 4, "report": 1}, jobs

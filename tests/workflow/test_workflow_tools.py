@@ -73,14 +73,6 @@ def test_finetune_args_and_hops():
     assert wf_config.finetune_done_path(config, "r") == "ck/refrag_checkpoints/r/done.json"
 
 
-def test_code_files_skips_missing(tmp_path, monkeypatch):
-    (tmp_path / "pkg" / "sub").mkdir(parents=True)
-    (tmp_path / "pkg" / "a.py").write_text("")
-    (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
-    monkeypatch.chdir(tmp_path)
-    assert wf_launch.code_files(tmp_path, "pkg.a", "pkg.sub", "pkg.missing") == ["pkg/a.py", "pkg/sub/__init__.py"]
-
-
 def test_collect_metrics_requires_kb_id(tmp_path):
     m1, m2 = tmp_path / "a.json", tmp_path / "b.json"
     m1.write_text(json.dumps({"kb_id": "k1", "exact_match": 0.5, "f1": 0.6, "n": 10}))

@@ -5,7 +5,7 @@ import json
 
 from nanochat.common import print0
 from nanochat.cli import ArgumentParser, output_dir
-from nanochat.data.sources import SOURCES, get_converter
+from nanochat.data.sources.registry import SOURCES, get_converter
 
 
 def main(argv=None) -> int:
