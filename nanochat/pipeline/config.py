@@ -57,6 +57,12 @@ def finetune_done_path(config: dict, run: str) -> str:
     mode = config["runs"][run]["mode"]
     return f"{config['base_dir']}/{mode}_checkpoints/{run}/done.json"
 
+def dataset_args(run: dict) -> str:
+    """nanochat.rag.dataset flags of a run's mode: multi_hop shards (documents per hop) for refrag."""
+    if run.get("mode", "rag") == "refrag":
+        return f"--mode refrag --max_hops {run['max_hops']} --hop_strategy {run.get('hop_strategy', 'entities')}"
+    return "--mode rag"
+
 def hop_args(run: dict) -> str:
     """Precompute flags: multi-hop (top_k per hop) for refrag, one hop for rag."""
     if run.get("mode", "rag") == "refrag":

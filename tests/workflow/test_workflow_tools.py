@@ -70,6 +70,8 @@ def test_finetune_args_and_hops():
     assert "--hop_strategy titles --max_new_tokens 40" in wf_config.finetune_args(config, "r")
     assert wf_config.hop_args(config["runs"]["r"]).endswith("--strategy titles")
     assert wf_config.hop_args({"mode": "rag"}) == "--max_hops 1"
+    assert wf_config.dataset_args(config["runs"]["r"]) == "--mode refrag --max_hops 3 --hop_strategy titles"
+    assert wf_config.dataset_args({"mode": "rag"}) == "--mode rag"
     assert wf_config.finetune_done_path(config, "r") == "ck/refrag_checkpoints/r/done.json"
 
 
