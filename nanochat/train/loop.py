@@ -188,6 +188,21 @@ def all_reduce_mean(value: float, device) -> float:
     dist.all_reduce(t)
     return float(t.item() / dist.get_world_size())
 
+def any_rank(*flags: bool, device="cpu") -> tuple[bool, ...]:
+    """Each flag true if it is true on any rank (so all ranks checkpoint and stop at the same step)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+def supervised_steps(steps_per_epoch: int, num_epochs: int, max_steps: int) -> int:
+    """Optimizer steps of a supervised phase: num_epochs worth, capped by max_steps >= 0 (alone when num_epochs <= 0)."""
+    n = num_epochs * steps_per_epoch
+    if max_steps >= 0:
+        n = min(n, max_steps) if num_epochs > 0 else max_steps
+    return n
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
