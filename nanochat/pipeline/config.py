@@ -82,7 +82,10 @@ def finetune_args(config: dict, run_name: str) -> str:
             "--retriever_type", run["retriever_type"], "--top_k", run["top_k"],
             "--num_epochs", t["num_epochs"], "--max_steps", t["max_steps"],
             "--device_batch_size", t["device_batch_size"], "--max_seq_len", t["max_seq_len"],
-            "--max_doc_length", t["max_doc_length"], "--p_gold", t["p_gold"], "--seed", t["seed"]]
+            "--max_doc_length", t["max_doc_length"], "--p_gold", t["p_gold"], "--seed", t["seed"],
+            # periodic checkpoints, so that a killed, timed-out or preempted job resumes mid-run
+            "--save_every", t["save_every"], "--save_every_minutes", t["save_every_minutes"],
+            "--keep_last", t["keep_last"]]
     if run["mode"] == "refrag":
         args += ["--max_hops", run["max_hops"], "--top_k_per_hop", run["top_k"],
                  "--hop_strategy", run.get("hop_strategy", "entities"),

@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from nanochat.common import atomic_write_json, sha256_file
 
 FINGERPRINT_FILE = "workflow_fingerprint.json"
+GUARD = "python -m nanochat.pipeline guard"  # exec the launcher with a parent-death signal
 
 
 def torchrun_prefix(gpus: int, nodes: int = 1, port: int = 29500) -> str:
@@ -26,9 +28,9 @@ def torchrun_prefix(gpus: int, nodes: int = 1, port: int = 29500) -> str:
     """
     nproc = max(1, int(gpus or 0))
     if int(nodes or 1) <= 1:
-        return f"torchrun --standalone --nproc_per_node={nproc}"
+        return f"{GUARD} torchrun --standalone --nproc_per_node={nproc}"
     head = "$(scontrol show hostnames $(squeue -h -j $SLURM_JOB_ID -o %N) | head -n 1)"
-    return (f"srun --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc_per_node={nproc}"
+    return (f"{GUARD} srun --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc_per_node={nproc}"
             f" --rdzv_backend=c10d --rdzv_id=$SLURM_JOB_ID --rdzv_endpoint={head}:{port}")
 
 def use_checkout(basedir) -> None:
@@ -108,9 +110,24 @@ def mark_checkpoint(checkpoint_dir, output) -> dict:
     atomic_write_json(output, marker)
     return marker
 
+def resume_settings(settings: str) -> str:
+    """The training flags that decide what is learned: the checkpoint cadence flags left out, so that saving more
+    or less often never throws a partial run away."""
+    from nanochat.train.args import CHECKPOINT_CADENCE_FLAGS
+    words, kept = shlex.split(settings), []
+    i = 0
+    while i < len(words):
+        flag = words[i].split("=", 1)[0].replace("-", "_").replace("__", "--", 1)
+        if flag in CHECKPOINT_CADENCE_FLAGS:
+            i += 1 if "=" in words[i] else 2
+            continue
+        kept.append(words[i])
+        i += 1
+    return shlex.join(kept)
+
 def fingerprint(inputs: list, settings: str) -> str:
-    """sha256 over the input files' contents and the training flags."""
-    h = hashlib.sha256(settings.encode("utf-8"))
+    """sha256 over the input files' contents and the training flags (cadence flags aside)."""
+    h = hashlib.sha256(resume_settings(settings).encode("utf-8"))
     for f in inputs:
         h.update(str(f).encode("utf-8") + b"\0" + sha256_file(f).encode("ascii"))
     return h.hexdigest()
@@ -121,7 +138,12 @@ def prepare_resume(checkpoint_dir, inputs: list, settings: str) -> bool:
     Returns True when the existing checkpoints match (the library resumes from them). Otherwise any previous
     content is moved to `<dir>.stale/` (replacing an older one) and training starts fresh.
     """
+    from nanochat.train.checkpoints import describe_holder, lock_holder
     checkpoint_dir = Path(checkpoint_dir)
+    holder = lock_holder(checkpoint_dir) if checkpoint_dir.is_dir() else None
+    if holder:  # never move or resume a directory a live trainer is writing (e.g. one orphaned by a killed run)
+        raise SystemExit(f"prepare_resume: {checkpoint_dir} is being written by another trainer "
+                         f"({describe_holder(holder)}); stop it or wait for it, then re-run")
     fp = fingerprint(inputs, settings)
     stamp = checkpoint_dir / FINGERPRINT_FILE
     if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fp:
