@@ -123,6 +123,17 @@ def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
     assert C.prune(tmp_path, keep_last=0) == []
 
 
+def test_stop_signals_set_a_flag_once_and_restore_the_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with C.StopSignals(grace_s=60) as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)  # SLURM and torchrun may both signal: one stop, no hard exit
+        time.sleep(0.1)
+        assert stop.requested and stop.received == signal.SIGUSR1
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 # -----------------------------------------------------------------------------
 # signals and orphans (real trainer processes)
 

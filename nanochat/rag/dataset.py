@@ -154,7 +154,8 @@ def main(argv=None) -> int:
         return 0
     m = build_dataset(kb.chunks, table, files, Tokenizer.from_directory(args.tokenizer), args.output, args.top_k,
                       args.p_gold, args.max_seq_len, max_doc_length, args.seed, args.base_tasks, args.base_mix,
-                      args.examples_per_shard, provenance, args.turns, args.p_counterfactual, args.answer_style, args.turn_scope)
+                      args.examples_per_shard, provenance, args.turns, args.p_counterfactual, args.answer_style,
+                      args.turn_scope)
     for split, s in m["splits"].items():
         print(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
     return 0

@@ -29,7 +29,8 @@ def finetune_parser(description: str, mode: str, sources: tuple[str, ...] = ("ba
     p.add_argument("--dataset", default=None,
                    help="pre-tokenised shards from python -m nanochat.rag.dataset (skips building them here)")
     p.add_argument("--queries_train", default=None,
-                   help="training queries (default: queries_train.jsonl beside the KB, else questions from the documents)")
+                   help="training queries (default: queries_train.jsonl beside the KB, else questions from the "
+                        "documents)")
     p.add_argument("--queries_val", default=None, help="validation queries (default: queries_val.jsonl beside the KB)")
     p.add_argument("--base_tasks", default=None,
                    help="general chat to mix in: SmolTalk (default; only if cached locally), none, or JSONL files")
@@ -37,11 +38,13 @@ def finetune_parser(description: str, mode: str, sources: tuple[str, ...] = ("ba
                    help="general conversations mixed in (-1 = one per 4 retrieval examples)")
     # model source and output
     p.add_argument("--source", default="mid", choices=list(sources), help="checkpoint family to start from")
-    p.add_argument("--model_tag", default=None, help="source checkpoint tag (default: largest model); also the output tag")
+    p.add_argument("--model_tag", default=None,
+                   help="source checkpoint tag (default: largest model); also the output tag")
     p.add_argument("--output_tag", default=None,
                    help=f"output tag under {mode}_checkpoints/ (default: --model_tag or the source's tag)")
     p.add_argument("--step", type=int, default=None, help="source checkpoint step (default: last)")
-    p.add_argument("--base_dir", default=None, help="checkpoints root (default $NANOCHAT_BASE_DIR or ~/.cache/nanochat)")
+    p.add_argument("--base_dir", default=None,
+                   help="checkpoints root (default $NANOCHAT_BASE_DIR or ~/.cache/nanochat)")
     # optimisation
     p.add_argument("--num_epochs", type=int, default=1, help="passes over the training examples")
     p.add_argument("--max_steps", type=int, default=-1,
@@ -51,8 +54,10 @@ def finetune_parser(description: str, mode: str, sources: tuple[str, ...] = ("ba
     p.add_argument("--grad_accum_steps", type=int, default=1, help="micro-steps per supervised optimizer step")
     p.add_argument("--max_seq_len", type=int, default=2048,
                    help="tokens per example (longer ones are cut; longer than the source model's context extends it)")
-    p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the source's pretraining lr, else 1e-3)")
-    p.add_argument("--init_lr_frac", type=float, default=1.0, help="peak lr = lr * init_lr_frac (0.01 = careful fine-tuning)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="base learning rate (default: the source's pretraining lr, else 1e-3)")
+    p.add_argument("--init_lr_frac", type=float, default=1.0,
+                   help="peak lr = lr * init_lr_frac (0.01 = careful fine-tuning)")
     p.add_argument("--warmup_steps", type=int, default=0, help="linear lr warmup steps")
     p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
     # evaluation, checkpoints, logging

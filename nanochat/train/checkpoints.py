@@ -58,15 +58,17 @@ class SaveSchedule:
 class StopSignals:
     """SIGTERM / SIGUSR1 -> a flag the loop reads after each optimizer step (it checkpoints, then exits).
 
-    A second signal, or `grace_s` seconds without the loop getting there, ends the process at once: the
-    previous checkpoint is complete, so nothing is lost but the steps since. Use as a context manager: the
-    previous handlers come back on exit (tests call main() in-process).
+    Repeats are ignored (SLURM and torchrun may both send SIGTERM for one stop). If the loop does not get there
+    within `grace_s` seconds (NANOCHAT_STOP_GRACE_S, default 300; 30 once the parent is gone), the process ends
+    anyway: the previous checkpoint is complete, so nothing is lost but the steps since; SIGKILL or Ctrl-C
+    stop at once. A context manager: the previous handlers come back on exit (tests call main() in-process).
     """
 
     def __init__(self, grace_s: float | None = None):
         self.received: int | None = None
         self.grace_s = float(os.environ.get("NANOCHAT_STOP_GRACE_S", "300")) if grace_s is None else grace_s
-        self._previous = {}
+        self._previous, self._timers = {}, []
+        self._parent = os.getppid()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -78,16 +80,25 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        for timer in self._timers:
+            timer.cancel()
         return False
 
     def _handle(self, signum, frame):
         if self.received is not None:
-            os._exit(128 + signum)
+            return
         self.received = signum
         print(f"\nreceived {signal.Signals(signum).name}: checkpointing after this step, then exiting", flush=True)
-        timer = threading.Timer(self.grace_s, os._exit, args=(128 + signum,))
-        timer.daemon = True
-        timer.start()
+        for seconds, only_orphans in ((self.grace_s, False), (min(self.grace_s, 30.0), True)):
+            timer = threading.Timer(seconds, self._expire, args=(signum, only_orphans))
+            timer.daemon = True
+            timer.start()
+            self._timers.append(timer)
+
+    def _expire(self, signum: int, only_orphans: bool) -> None:
+        if not only_orphans or os.getppid() != self._parent:
+            print(f"no checkpoint within the grace period after {signal.Signals(signum).name}; exiting", flush=True)
+            os._exit(128 + signum)
 
     @property
     def requested(self) -> bool:

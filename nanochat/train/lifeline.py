@@ -6,7 +6,8 @@ into a run Snakemake has already given up. Two mechanisms, both cheap:
 
 - Linux: prctl(PR_SET_PDEATHSIG) through ctypes; the kernel signals us the moment the parent exits. It survives
   exec, so `python -m nanochat.pipeline guard torchrun ...` gives the torchrun agent the same tie to Snakemake.
-- Everywhere: a daemon thread that notices when the parent pid changes (we were re-parented) and signals us.
+- Elsewhere (no prctl): a daemon thread that notices when the parent pid changes (we were re-parented) and
+  signals us. Not both: a second SIGTERM for the same death is noise.
 
 The signal is SIGTERM, which the training loop turns into "checkpoint at the end of this step, then exit"
 (nanochat.train.checkpoints.StopSignals); a process without a handler simply dies.
@@ -35,7 +36,8 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
 
 
 def watch_parent(parent: int, sig: int = signal.SIGTERM, interval_s: float = 1.0) -> threading.Thread:
-    """A daemon thread that signals this process once its parent is no longer `parent` (it died; we were re-parented)."""
+    """A daemon thread that signals this process once its parent is no longer `parent` (it died: we were
+    re-parented)."""
 
     def watch():
         while os.getppid() == parent:
@@ -48,13 +50,12 @@ def watch_parent(parent: int, sig: int = signal.SIGTERM, interval_s: float = 1.0
 
 
 def follow_parent(sig: int = signal.SIGTERM, interval_s: float = 1.0) -> None:
-    """Both mechanisms for the rest of this process's life; if the parent is already gone, signal at once."""
+    """Get `sig` when the parent exits, for the rest of this process's life; if it is already gone, at once."""
     parent = os.getppid()
-    die_with_parent(sig)
     if parent == 1:  # started by a process that had already died: nobody will wait for us
         os.kill(os.getpid(), sig)
-        return
-    watch_parent(parent, sig, interval_s)
+    elif not die_with_parent(sig):
+        watch_parent(parent, sig, interval_s)
 
 
 def launched_by_torchrun() -> bool:

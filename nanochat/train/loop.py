@@ -129,7 +129,7 @@ def evaluate_loss(model, batches, device, autocast_ctx) -> float:
         with autocast_ctx:
             loss = model(x, y, loss_reduction="sum")
         total += torch.stack([loss.double(), n.double()])
-    if dist.is_available() and dist.is_initialized():
+    if distributed():
         dist.all_reduce(total)
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
@@ -174,15 +174,21 @@ def autocast_for(device: torch.device):
     import contextlib
     return contextlib.nullcontext()
 
+def distributed() -> bool:
+    """More than one rank. A single torchrun process skips every collective: they are identities there, and
+    they can hang once the torchrun agent (the store's host) is gone, which is when a worker must checkpoint."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
 def wrap_ddp(model, ddp: bool, device: torch.device):
-    """DistributedDataParallel around the model when launched by torchrun; the raw model otherwise."""
-    if not ddp:
+    """DistributedDataParallel around the model when launched by torchrun with several ranks; the raw model
+    otherwise."""
+    if not (ddp and distributed()):
         return model
     from torch.nn.parallel import DistributedDataParallel
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 def all_reduce_mean(value: float, device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not distributed():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -190,7 +196,7 @@ def all_reduce_mean(value: float, device) -> float:
 
 def any_rank(*flags: bool, device="cpu") -> tuple[bool, ...]:
     """Each flag true if it is true on any rank (so all ranks checkpoint and stop at the same step)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not distributed():
         return tuple(bool(f) for f in flags)
     t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -204,7 +210,7 @@ def supervised_steps(steps_per_epoch: int, num_epochs: int, max_steps: int) -> i
     return n
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if distributed():
         dist.barrier()
 
 def set_threads(num_threads: int, device) -> int:

@@ -135,7 +135,8 @@ def run_reward_phase(run, items: list[dict], prompt_budget: int, heldout_em, rew
             bar.update(1)
             if run.rank == 0:
                 reward_log.append(**row)
-                print0(" | ".join(f"{k} {row[k]}" for k in REWARD_FIELDS if k in row and k not in ("phase", "elapsed_s")))
+                print0(" | ".join(f"{k} {row[k]}" for k in REWARD_FIELDS
+                                  if k in row and k not in ("phase", "elapsed_s")))
             run.after_step(done, run.total_steps, final_reward=row.get("reward"), heldout_em=row.get("heldout_em"))
     finally:
         bar.close()

@@ -298,7 +298,8 @@ class FineTune:
         from nanochat.checkpoint_manager import save_checkpoint
         args = self.args
         meta = {"step": step, "model_config": asdict(self.model.config), "model_tag": self.out_tag,
-                "mode": self.mode, "source": args.source, "source_tag": self.source_meta.get("model_tag", args.model_tag),
+                "mode": self.mode, "source": args.source,
+                "source_tag": self.source_meta.get("model_tag", args.model_tag),
                 "source_step": self.source_meta.get("step"), "kb_id": self.kb.kb_id, "kb_path": str(self.kb.path),
                 "data_manifest_sha256": self.data_hash, "lr": self.lr, "cursor": self.loader.cursor.to_dict(),
                 "metrics": dict(self.metrics if metrics is None else metrics), **self.meta_extra,
