@@ -73,7 +73,8 @@ def build_refrag_dataset(kb, args, dataset_dir, work_dir, tokenizer) -> Path:
     work_dir = Path(work_dir)
     files, how = resolve_query_files(kb.path, args.queries_train, args.queries_val)
     if not files:
-        raise FileNotFoundError(f"REFRAG needs multi-hop training questions: pass --queries_train (none found beside {kb.path})")
+        raise FileNotFoundError(f"REFRAG needs multi-hop training questions: pass --queries_train "
+                                f"(none found beside {kb.path})")
     print0(f"queries: {how}")
     if "val" not in files:
         files = split_train_val(files["train"], work_dir, seed=args.seed)

@@ -203,7 +203,8 @@ def any_rank(*flags: bool, device="cpu") -> tuple[bool, ...]:
     return tuple(bool(v) for v in t.tolist())
 
 def supervised_steps(steps_per_epoch: int, num_epochs: int, max_steps: int) -> int:
-    """Optimizer steps of a supervised phase: num_epochs worth, capped by max_steps >= 0 (alone when num_epochs <= 0)."""
+    """Optimizer steps of a supervised phase: num_epochs worth, capped by max_steps >= 0 (max_steps alone when
+    num_epochs <= 0)."""
     n = num_epochs * steps_per_epoch
     if max_steps >= 0:
         n = min(n, max_steps) if num_epochs > 0 else max_steps
