@@ -192,6 +192,11 @@ def runs_in_mode(mode):
     return "|".join(names) if names else "(?!)"
 
 
+def dataset_mode_flags(wildcards):
+    """nanochat.rag.dataset's mode flags: `--mode rag`, or multi_hop shards for refrag runs."""
+    return wf_config.dataset_args(run_cfg(wildcards))
+
+
 def hop_flags(wildcards):
     """Multi-hop precompute flags for refrag runs (the CLI's single-hop default otherwise)."""
     return wf_config.hop_args(run_cfg(wildcards))

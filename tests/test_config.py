@@ -106,7 +106,30 @@ def test_schema_defaults_match_cli_defaults():
     assert f'"--chunk_tokens", type=int, default={kb["chunk_tokens"]["default"]}' in src
     assert f'"--overlap", type=int, default={kb["chunk_overlap"]["default"]}' in src
     run = schema["runs"]["additionalProperties"]["properties"]
-    from scripts import rag_finetune
-    src = Path(rag_finetune.__file__).read_text()
-    assert f'"--top_k", type=int, default={run["top_k"]["default"]}' in src
-    assert f'"--p_gold", type=float, default={run["train"]["properties"]["p_gold"]["default"]}' in src
+    train = run["train"]["properties"]
+    from scripts import rag_finetune, refrag_finetune
+    rag = rag_finetune.build_parser().parse_args(["--knowledge_base", "kb"])
+    refrag = refrag_finetune.build_parser().parse_args(["--knowledge_base", "kb"])
+    assert rag.top_k == run["top_k"]["default"] and rag.p_gold == refrag.p_gold == train["p_gold"]["default"]
+    assert rag.max_doc_length == train["max_doc_length"]["default"]
+    assert refrag.max_hops == run["max_hops"]["default"] and refrag.hop_strategy == run["hop_strategy"]["default"]
+    assert refrag.rl_steps == train["rl_steps"]["default"] and refrag.num_samples == train["num_samples"]["default"]
+    assert refrag.rl_lr_frac == train["rl_lr_frac"]["default"] and refrag.use_rewards == run["use_rewards"]["default"]
+
+
+def test_fine_tune_parsers_share_one_definition():
+    """Both scripts' common flags come from nanochat.train.args: same help, same choices (from the registries)."""
+    from nanochat.retrieval.hop_strategies import offline_choices
+    from nanochat.retrieval.registry import RETRIEVERS
+    from scripts import rag_finetune, refrag_finetune
+    rag = {a.dest: a for a in rag_finetune.build_parser()._actions}
+    refrag = {a.dest: a for a in refrag_finetune.build_parser()._actions}
+    shared = set(rag) & set(refrag) - {"help"}
+    assert {"knowledge_base", "task_samples", "save_every", "save_every_minutes", "keep_last", "resume"} <= shared
+    assert set(rag) - set(refrag) == set()  # refrag only adds its own
+    for dest in shared - {"output_tag"}:
+        assert rag[dest].help == refrag[dest].help, dest
+    assert rag["retriever_type"].choices == refrag["retriever_type"].choices == list(RETRIEVERS)
+    assert list(refrag["hop_strategy"].choices) == offline_choices()
+    # where the guide gives REFRAG its own default, the parser has it
+    assert (rag["device_batch_size"].default, refrag["device_batch_size"].default) == (4, 2)

@@ -57,6 +57,12 @@ def finetune_done_path(config: dict, run: str) -> str:
     mode = config["runs"][run]["mode"]
     return f"{config['base_dir']}/{mode}_checkpoints/{run}/done.json"
 
+def dataset_args(run: dict) -> str:
+    """nanochat.rag.dataset flags of a run's mode: multi_hop shards (documents per hop) for refrag."""
+    if run.get("mode", "rag") == "refrag":
+        return f"--mode refrag --max_hops {run['max_hops']} --hop_strategy {run.get('hop_strategy', 'entities')}"
+    return "--mode rag"
+
 def hop_args(run: dict) -> str:
     """Precompute flags: multi-hop (top_k per hop) for refrag, one hop for rag."""
     if run.get("mode", "rag") == "refrag":
@@ -76,7 +82,10 @@ def finetune_args(config: dict, run_name: str) -> str:
             "--retriever_type", run["retriever_type"], "--top_k", run["top_k"],
             "--num_epochs", t["num_epochs"], "--max_steps", t["max_steps"],
             "--device_batch_size", t["device_batch_size"], "--max_seq_len", t["max_seq_len"],
-            "--max_doc_length", t["max_doc_length"], "--p_gold", t["p_gold"], "--seed", t["seed"]]
+            "--max_doc_length", t["max_doc_length"], "--p_gold", t["p_gold"], "--seed", t["seed"],
+            # periodic checkpoints, so that a killed, timed-out or preempted job resumes mid-run
+            "--save_every", t["save_every"], "--save_every_minutes", t["save_every_minutes"],
+            "--keep_last", t["keep_last"]]
     if run["mode"] == "refrag":
         args += ["--max_hops", run["max_hops"], "--top_k_per_hop", run["top_k"],
                  "--hop_strategy", run.get("hop_strategy", "entities"),

@@ -2,12 +2,14 @@
 done-markers of trainings, and a resume that never continues from stale checkpoints."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import importlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from nanochat.common import atomic_write_json, setup_logging, sha256_file
 
 FINGERPRINT_FILE = "workflow_fingerprint.json"
 logger = logging.getLogger(__name__)
+GUARD = "python -m nanochat.pipeline.launch guard"  # exec the launcher with a parent-death signal
 
 
 def torchrun_prefix(gpus: int, nodes: int = 1, port: int = 29500) -> str:
@@ -28,9 +31,9 @@ def torchrun_prefix(gpus: int, nodes: int = 1, port: int = 29500) -> str:
     """
     nproc = max(1, int(gpus or 0))
     if int(nodes or 1) <= 1:
-        return f"torchrun --standalone --nproc_per_node={nproc}"
+        return f"{GUARD} torchrun --standalone --nproc_per_node={nproc}"
     head = "$(scontrol show hostnames $(squeue -h -j $SLURM_JOB_ID -o %N) | head -n 1)"
-    return (f"srun --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc_per_node={nproc}"
+    return (f"{GUARD} srun --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc_per_node={nproc}"
             f" --rdzv_backend=c10d --rdzv_id=$SLURM_JOB_ID --rdzv_endpoint={head}:{port}")
 
 def use_checkout(basedir) -> None:
@@ -92,9 +95,24 @@ def mark_checkpoint(checkpoint_dir, output) -> dict:
     atomic_write_json(output, marker)
     return marker
 
+def resume_settings(settings: str) -> str:
+    """The training flags that decide what is learned: the checkpoint cadence flags left out, so that saving more
+    or less often never throws a partial run away."""
+    from nanochat.train.args import CHECKPOINT_CADENCE_FLAGS
+    words, kept = shlex.split(settings), []
+    i = 0
+    while i < len(words):
+        flag = words[i].split("=", 1)[0].replace("-", "_").replace("__", "--", 1)
+        if flag in CHECKPOINT_CADENCE_FLAGS:
+            i += 1 if "=" in words[i] else 2
+            continue
+        kept.append(words[i])
+        i += 1
+    return shlex.join(kept)
+
 def fingerprint(inputs: list, settings: str) -> str:
-    """sha256 over the input files' contents and the training flags."""
-    h = hashlib.sha256(settings.encode("utf-8"))
+    """sha256 over the input files' contents and the training flags (cadence flags aside)."""
+    h = hashlib.sha256(resume_settings(settings).encode("utf-8"))
     for f in inputs:
         h.update(str(f).encode("utf-8") + b"\0" + sha256_file(f).encode("ascii"))
     return h.hexdigest()
@@ -105,7 +123,12 @@ def prepare_resume(checkpoint_dir, inputs: list, settings: str) -> bool:
     Returns True when the existing checkpoints match (the library resumes from them). Otherwise any previous
     content is moved to `<dir>.stale/` (replacing an older one) and training starts fresh.
     """
+    from nanochat.train.checkpoints import describe_holder, lock_holder
     checkpoint_dir = Path(checkpoint_dir)
+    holder = lock_holder(checkpoint_dir) if checkpoint_dir.is_dir() else None
+    if holder:  # never move or resume a directory a live trainer is writing (e.g. one orphaned by a killed run)
+        raise SystemExit(f"prepare_resume: {checkpoint_dir} is being written by another trainer "
+                         f"({describe_holder(holder)}); stop it or wait for it, then re-run")
     fp = fingerprint(inputs, settings)
     stamp = checkpoint_dir / FINGERPRINT_FILE
     if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fp:
@@ -120,3 +143,42 @@ def prepare_resume(checkpoint_dir, inputs: list, settings: str) -> bool:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stamp, {"fingerprint": fp, "inputs": [str(f) for f in inputs], "settings": settings})
     return False
+
+
+# -----------------------------------------------------------------------------
+# CLI: the commands rules run around a training (python -m nanochat.pipeline.launch ...)
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("prepare_resume", help="keep checkpoints only if inputs/settings are unchanged")
+    p.add_argument("--checkpoint_dir", required=True)
+    p.add_argument("--inputs", nargs="*", default=[])
+    p.add_argument("--settings", default="")
+    p = sub.add_parser("mark_checkpoint", help="write a done-marker for the last checkpoint of a directory")
+    p.add_argument("--checkpoint_dir", required=True)
+    p.add_argument("--output", required=True)
+    p = sub.add_parser("guard", help="exec a command that gets SIGTERM when this process's parent dies")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="the command, e.g. torchrun --standalone ...")
+
+
+def run_command(args) -> int:
+    if args.command == "prepare_resume":
+        prepare_resume(args.checkpoint_dir, args.inputs, args.settings)
+    elif args.command == "mark_checkpoint":
+        mark_checkpoint(args.checkpoint_dir, args.output)
+    elif args.command == "guard":
+        from nanochat.train.lifeline import exec_guarded
+        exec_guarded(args.argv)
+    return 0
+
+
+def main(argv=None) -> int:
+    from nanochat.cli import ArgumentParser
+    parser = ArgumentParser(description="Training launch helpers (safe resume, done-markers, parent-death guard)")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run_command(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

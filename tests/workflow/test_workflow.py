@@ -3,7 +3,6 @@
     python -m pytest -q tests/workflow/test_workflow.py
 """
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from wfhelpers import ROOT, TINY, copy_workflow, dry_run, snakemake
+from wfhelpers import ROOT, TINY, copy_workflow, dry_run, kill_and_unlock, snakemake
 
 FULL_RAG = {"validate_documents", "chunk_documents", "build_index", "train_tokenizer", "base_train",
             "precompute_retrieval", "check_leakage", "build_dataset", "rag_finetune", "refrag_finetune",
@@ -104,8 +103,7 @@ def test_interrupted_job_leaves_no_complete_output(tmp_path):
     try:
         proc.wait(timeout=120)
     except subprocess.TimeoutExpired:  # then a hard kill of the group this test started (worst case: power loss)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_and_unlock(work, proc)  # and, as the README says, --unlock: no stale lock is left behind
     manifest = work / "results/synthetic/manifest.json"
     if manifest.exists():  # the job won the race and finished: then it is complete and consistent
         assert json.loads(manifest.read_text())["n_documents"] > 0
