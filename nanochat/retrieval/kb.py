@@ -122,8 +122,10 @@ def _file_entries(root: Path, rel_paths: list[str]) -> dict:
 
 
 def _dir_files(root: Path, sub: str) -> list[str]:
+    """An index directory's files, without hidden ones (temp files or directories a killed build left)."""
     base = root / sub
-    return sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(p.relative_to(root).as_posix() for p in base.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts))
 
 
 def _read_manifest(path: Path) -> dict | None:
