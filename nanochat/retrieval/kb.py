@@ -82,11 +82,14 @@ def passage_texts(chunks) -> list[str]:
 
 
 def chunks_fingerprint(chunks) -> str:
-    """sha256 over the chunk fields that affect retrieval (stable across Parquet writer versions)."""
+    """sha256 over the chunk fields that affect retrieval, normalised: the same chunks give the same hash
+    whether they are in memory or read back from Parquet (a missing source is None in one, NaN in the other)."""
+    import pandas as pd
     h = hashlib.sha256()
     cols = [c for c in ("id", "doc_id", "title", "content", "source", "metadata") if c in chunks.columns]
     for row in chunks[cols].itertuples(index=False, name=None):
-        h.update(json.dumps(list(row), ensure_ascii=False, default=str).encode("utf-8"))
+        row = [v if isinstance(v, str) or not pd.isna(v) else None for v in row]
+        h.update(json.dumps(row, ensure_ascii=False, default=str).encode("utf-8"))
         h.update(b"\n")
     return h.hexdigest()
 
