@@ -172,7 +172,11 @@ def validate_records(records: list, name: str = "<documents>") -> ValidationRepo
 
 
 def documents_from_folder(folder: str | Path) -> list[dict]:
-    """One document per .md/.txt file: id = relative path, title = first `# heading` or the file name."""
+    """One document per .md/.txt file: id = relative path, title = first `# heading` or the file name.
+
+    source is the path relative to the folder too, never where the folder lies: documents (and so a KB's
+    kb_id) must not change when the folder is moved.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"documents folder not found: {folder}")
@@ -185,7 +189,7 @@ def documents_from_folder(folder: str | Path) -> list[dict]:
             raise ValueError(f"{p}:1: content: invalid UTF-8 at byte {e.start}") from None
         heading = re.search(r"^#\s+(.+?)\s*#*\s*$", text, flags=re.M) if p.suffix.lower() == ".md" else None
         title = heading.group(1) if heading else p.stem.replace("_", " ").replace("-", " ")
-        records.append({"id": rel, "title": title, "content": text, "source": str(p)})
+        records.append({"id": rel, "title": title, "content": text, "source": rel})
     if not records:
         raise ValueError(f"{folder}: no .md or .txt files found")
     return records
