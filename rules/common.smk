@@ -18,7 +18,8 @@ from nanochat.retrieval.registry import NEEDS_EMBEDDINGS, RETRIEVERS
 wf_launch.use_checkout(workflow.basedir)
 
 
-validate(config, schema="../workflow/schemas/config.schema.yaml")
+# the schema names registries (x-registry) for its lists of choices; validate against it with them filled in
+validate(config, schema=wf_config.write_schema(Path(".snakemake") / "config.schema.json"))
 wf_config.check_config_references(config)
 
 RUNS = sorted(config["runs"])

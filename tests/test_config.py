@@ -14,6 +14,12 @@ from nanochat.pipeline import config as wf_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+@pytest.fixture(scope="module")
+def effective_schema(tmp_path_factory):
+    """What the workflow validates against: the schema with its registries' names filled in."""
+    return wf_config.write_schema(tmp_path_factory.mktemp("schema") / "config.schema.json")
 CONFIGS = ["config/config.yaml", "tests/workflow/config_tiny.yaml", "tests/workflow/config_multi.yaml"]
 
 
@@ -22,9 +28,9 @@ def load(rel):
 
 
 @pytest.mark.parametrize("rel", CONFIGS)
-def test_configs_validate_and_get_defaults(rel):
+def test_configs_validate_and_get_defaults(rel, effective_schema):
     config = load(rel)
-    validate(config, SCHEMA)
+    validate(config, effective_schema)
     wf_config.check_config_references(config)
     run = next(iter(config["runs"].values()))
     assert 0 <= run["train"]["p_gold"] <= 1 and run["evaluate"]["max_new_tokens"] >= 1  # nested defaults filled
@@ -40,7 +46,7 @@ def test_schema_documents_every_key():
         for key, sub in node.get("properties", {}).items():
             where = f"{path}.{key}"
             assert "description" in sub, f"{where}: no description"
-            assert "type" in sub or "enum" in sub, f"{where}: no type"
+            assert "type" in sub or "enum" in sub or "x-registry" in sub, f"{where}: no type"
             if sub.get("type") not in ("object",) and key not in node.get("required", []):
                 assert "default" in sub, f"{where}: optional key without default"
             walk(sub, where)
@@ -69,22 +75,24 @@ def test_every_config_key_is_commented():
     (lambda c: c["runs"]["synthetic_rag"].update(topk=3), "Additional properties are not allowed ('topk'"),
     (lambda c: c["runs"]["synthetic_rag"].update(retriever_type="bm42"), "'bm42' is not one of"),
     (lambda c: c["runs"]["synthetic_rag"].update(mode="multihop"), "'multihop' is not one of"),
+    (lambda c: c["runs"]["synthetic_refrag"].update(hop_strategy="model"), "'model' is not one of"),  # needs a model
+    (lambda c: c["knowledge_bases"]["synthetic"].update(validation="loose"), "'loose' is not one of"),
     (lambda c: c["runs"]["synthetic_rag"].update(top_k="five"), "'five' is not of type 'integer'"),
     (lambda c: c["knowledge_bases"]["synthetic"].pop("documents"), "'documents' is a required property"),
     (lambda c: c["models"]["tiny"].update(block_pattern="T;M"), "does not match"),
     (lambda c: c.update(knowledge_bases={"my kb": {"documents": "x.jsonl"}}), "does not match"),
 ])
-def test_schema_errors_are_clear(mutate, message):
+def test_schema_errors_are_clear(mutate, message, effective_schema):
     config = copy.deepcopy(load("config/config.yaml"))
     mutate(config)
     with pytest.raises(WorkflowError) as err:
-        validate(config, SCHEMA)
+        validate(config, effective_schema)
     assert message in str(err.value), str(err.value)
 
 
-def test_dangling_references_are_named():
+def test_dangling_references_are_named(effective_schema):
     config = load("config/config.yaml")
-    validate(config, SCHEMA)
+    validate(config, effective_schema)
     config["runs"]["synthetic_rag"]["knowledge_base"] = "nope"
     config["runs"]["synthetic_refrag"].update(k_max=1, top_k=2, compare_with="synthetic_refrag")
     config["runs"]["synthetic_rag"]["compare_with"] = "synthetic_rag"
