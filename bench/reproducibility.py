@@ -38,7 +38,6 @@ STAGES = [
     ("results/runs/*/leakage.json", "leakage check"),
     ("results/runs/*/dataset/*", "dataset shards"),
     ("results/models/*/tokenizer/*", "tokenizer"),
-    ("results/checkpoints/*/*/data/*", "fine-tuning data (built by the trainer)"),
     ("results/checkpoints/*", "checkpoints and training logs"),
     ("results/models/*", "checkpoints and training logs"),
     ("results/runs/*/eval/*", "metrics"),

@@ -55,8 +55,7 @@ def test_whole_dag_twice_from_scratch_is_byte_identical_but_for_wall_clock_field
     print_report(result)
     assert not result["unexpected"], result["unexpected"]
     stages = result["stages"]
-    for stage in ("knowledge bases", "precomputed retrieval", "dataset shards", "tokenizer",
-                  "fine-tuning data (built by the trainer)"):
+    for stage in ("knowledge bases", "precomputed retrieval", "dataset shards", "tokenizer"):
         assert stages[stage]["files"] > 0 and stages[stage]["identical"] == stages[stage]["files"], (stage, stages[stage])
     checkpoints = [r for r in result["files"] if r["path"].endswith(".pt")]
     assert not checkpoints, checkpoints  # model, optimizer and train-state files are byte-identical
