@@ -29,8 +29,8 @@ TARGET_SPEEDUP = 8.0
 
 def synthetic_conversations(n_questions, top_k, max_doc_length, seed=0):
     """(conversations, documents' texts) for the first n test questions of the seeded synthetic world."""
-    from nanochat.raft import build_conversation, truncate_words
-    from nanochat.synthetic import generate_world
+    from nanochat.rag.conversation import build_conversation, truncate_words
+    from nanochat.data.synthetic import generate_world
     with tempfile.TemporaryDirectory() as tmp:
         generate_world(tmp, seed=seed, n_entities=2000)
         docs = [json.loads(line) for line in Path(tmp, "documents.jsonl").read_text().splitlines()]
