@@ -37,12 +37,6 @@ def default_batch_size(device):
     return DEFAULT_BATCH_SIZE.get(torch.device(device).type, DEFAULT_BATCH_SIZE["cpu"])
 
 
-def sample_seed(seed, sample):
-    """Seed of the sample-th answer to one prompt: `seed` itself for the first (so a row reproduces
-    generate(prompt, seed=seed)), the others spread by odd multipliers so their streams differ."""
-    return seed if sample == 0 else (seed * 0x9E3779B1 + sample * 0x85EBCA77) % (1 << 63)
-
-
 @dataclass
 class Generation:
     """One answer of generate_many: its ids (stop token excluded) and why it ended."""
@@ -332,10 +326,12 @@ class Engine:
         Prompts are sorted by length and batched with their neighbours (little padding); a row leaves its batch
         at a stop token or at its budget: max_tokens, capped so prompt + answer fit sequence_len ("context").
         Greedy (temperature 0): the tokens generate(prompt) gives for each prompt alone.
-        Sampling: answer j of prompt i draws from its own generator seeded sample_seed(seeds[i], j), seeds
-        defaulting to seed + i: reproducible, independent of batch_size and of the other prompts in its batch, and
-        answer 0 is the one generate(prompt, seed=seeds[i]) samples -- up to the float rounding by which logits of
-        one row can differ between batch shapes (it decides a draw only when it lands on a boundary).
+        Sampling: the num_samples answers of prompt i draw together from one generator seeded seeds[i] (seeds
+        defaulting to seed + i), exactly as generate(prompt, num_samples, seed=seeds[i]) draws them: reproducible,
+        independent of batch_size and of the other prompts in its batch, and the answers the one-prompt path
+        samples -- up to the float rounding by which logits of one row can differ between batch shapes (it decides
+        a draw only when it lands on a boundary). An answer that has stopped keeps its place in its group's draws
+        (as in generate) but leaves the forward pass.
         progress: show a progress bar (a string is its label).
         """
         if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in prompts):
@@ -410,21 +406,15 @@ class Engine:
         if num_samples > 1:
             rows = torch.tensor(owner, device=device)
             cache, logits = cache.select(rows), logits[rows]
-        rngs = None
-        if temperature > 0.0:
-            rngs = []
-            for r, k in enumerate(owner):
-                rngs.append(torch.Generator(device=device))
-                rngs[-1].manual_seed(sample_seed(seeds[k], r % num_samples))
+        sampler = None if temperature == 0.0 else _GroupSampler(logits, seeds, num_samples, temperature, top_k)
         active = list(range(len(owner)))  # row of each line of the cache
         tokens = [[] for _ in owner]
         results = [None] * len(owner)
         while True:
-            if rngs is None:
+            if sampler is None:
                 next_ids = torch.argmax(logits, dim=-1, keepdim=True)  # (A, 1)
             else:
-                next_ids = torch.cat([sample_next_token(logits[a:a + 1], rngs[r], temperature, top_k)
-                                      for a, r in enumerate(active)])
+                next_ids = sampler.draw(logits, active)
             keep = []
             for a, tok in enumerate(next_ids[:, 0].tolist()):
                 r = active[a]
@@ -444,3 +434,29 @@ class Engine:
                 cache, next_ids = cache.select(sel), next_ids[sel]
                 active = [active[a] for a in keep]
             logits = self.model.forward(next_ids, kv_cache=cache)[:, -1, :]
+
+
+class _GroupSampler:
+    """Draws for generate_many at temperature > 0: the num_samples rows of prompt k sample together from one
+    generator seeded seeds[k], as generate(prompt, num_samples, seed) does. A row that has stopped keeps its last
+    logits in the draw, so its group's random stream advances exactly as in generate (a row's draw depends only on
+    its own logits and its slice of the stream)."""
+
+    def __init__(self, logits, seeds, num_samples, temperature, top_k):
+        self.last = logits.clone()  # (R, V): every row's latest logits, stale once it has stopped
+        self.n, self.temperature, self.top_k = num_samples, temperature, top_k
+        self.rngs = []
+        for s in seeds:
+            self.rngs.append(torch.Generator(device=logits.device))
+            self.rngs[-1].manual_seed(s)
+
+    def draw(self, logits, active):
+        """Next ids (A, 1) of the active rows (row numbers `active`), given their logits (A, V)."""
+        rows = torch.tensor(active, device=logits.device)
+        self.last[rows] = logits
+        drawn = {}
+        for k in sorted({r // self.n for r in active}):  # groups with a row still going
+            group = self.last[k * self.n:(k + 1) * self.n]
+            ids = sample_next_token(group, self.rngs[k], self.temperature, self.top_k)[:, 0].tolist()
+            drawn.update({k * self.n + j: t for j, t in enumerate(ids)})
+        return torch.tensor([[drawn[r]] for r in active], dtype=torch.long, device=logits.device)

@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from nanochat.engine import DEFAULT_BATCH_SIZE, Engine, Generation, InferenceCache, default_batch_size, sample_seed
+from nanochat.engine import DEFAULT_BATCH_SIZE, Engine, Generation, InferenceCache, default_batch_size
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.mamba import Mamba, Mamba2
 
@@ -187,12 +187,27 @@ def test_padded_prefill_in_two_chunks_equals_one(pattern, version):
         torch.testing.assert_close(model(nxt, kv_cache=two), model(nxt, kv_cache=one), atol=2e-5, rtol=1e-4)
 
 
-def test_sampling_per_row_seeds_match_generate_and_ignore_batch_composition():
+def group_one_at_a_time(engine, prompt, num_samples, seed, max_tokens, **kw):
+    """generate(prompt, num_samples, seed): each sample cut at its first stop token."""
+    stop, out = engine.stop_tokens(), [[] for _ in range(num_samples)]
+    done = [False] * num_samples
+    for column, _ in engine.generate(prompt, num_samples=num_samples, max_tokens=max_tokens, seed=seed, **kw):
+        for i, tok in enumerate(column):
+            done[i] = done[i] or tok in stop
+            if not done[i]:
+                out[i].append(tok)
+    return out
+
+
+def test_sampling_matches_generate_per_prompt_and_ignores_batch_composition():
     model = tiny_model("T,M", 2, copy_head=True)
-    engine = Engine(model, StopTokenizer())
     prompts = random_prompts([6, 14, 3, 20, 9], seed=7)
     kw = dict(max_tokens=10, temperature=1.0, top_k=20)
     seeds = [11, 12, 13, 14, 15]
+    free = [s for p, seed in zip(prompts, seeds) for s in group_one_at_a_time(Engine(model, StopTokenizer()), p, 4, seed, **kw)]
+    counts = collections.Counter(t for out in free for t in set(out[1:]))
+    stop_id = min(counts, key=lambda t: (abs(counts[t] - len(free) // 2), t))  # ends about half of the samples early
+    engine = Engine(model, StopTokenizer(end=stop_id))
     a = engine.generate_many(prompts, seeds=seeds, batch_size=2, **kw)
     b = engine.generate_many(prompts, seeds=seeds, batch_size=5, **kw)
     sub = engine.generate_many(prompts[2:4], seeds=seeds[2:4], batch_size=5, **kw)
@@ -201,12 +216,13 @@ def test_sampling_per_row_seeds_match_generate_and_ignore_batch_composition():
     for p, s, g in zip(prompts, seeds, a):  # a row's sample is the single-prompt API's with that seed
         assert g.tokens == one_at_a_time(engine, p, seed=s, **kw)
     assert [g.tokens for g in engine.generate_many(prompts, seed=11, **kw)] == [g.tokens for g in a]  # seed + i
-    groups = engine.generate_many(prompts[:2], seeds=seeds[:2], num_samples=3, batch_size=4, **kw)
-    assert len(groups) == 6 and groups[0].tokens == a[0].tokens and groups[3].tokens == a[1].tokens
-    assert len({tuple(g.tokens) for g in groups[:3]}) > 1  # the samples of one prompt differ
-    again = engine.generate_many(prompts[:2], seeds=seeds[:2], num_samples=3, batch_size=6, **kw)
+    groups = engine.generate_many(prompts, seeds=seeds, num_samples=4, batch_size=8, **kw)
+    want = [s for p, seed in zip(prompts, seeds) for s in group_one_at_a_time(engine, p, 4, seed, **kw)]
+    assert [g.tokens for g in groups] == want  # the group of prompt i is generate(prompt, 4, seed=seeds[i])'s
+    assert any(g.stopped == "stop_token" for g in groups) and any(g.stopped == "max_tokens" for g in groups)
+    assert len({tuple(g.tokens) for g in groups[:4]}) > 1  # the samples of one prompt differ
+    again = engine.generate_many(prompts, seeds=seeds, num_samples=4, batch_size=20, **kw)
     assert [g.tokens for g in again] == [g.tokens for g in groups]
-    assert sample_seed(11, 0) == 11 and len({sample_seed(11, j) for j in range(4)}) == 4
 
 
 def test_conversations_match_generate_from_conversation_and_context_cap(caplog):
