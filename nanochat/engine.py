@@ -41,7 +41,7 @@ def default_batch_size(device):
 class Generation:
     """One answer of generate_many: its ids (stop token excluded) and why it ended."""
     tokens: list
-    stopped: str  # "stop_token" | "max_tokens" | "context" (prompt + answer reached sequence_len first)
+    stopped: str  # "stop_token" | "max_tokens" | "context" (prompt + answer reached sequence_len first) | "cancelled"
     stop_token: int | None
     num_prompt_tokens: int
 
@@ -318,13 +318,14 @@ class Engine:
 
     @torch.inference_mode()
     def generate_many(self, prompts, max_tokens=None, temperature=0.0, top_k=None, seed=42, seeds=None,
-                      num_samples=1, batch_size=None, progress=False):
+                      num_samples=1, batch_size=None, progress=False, on_token=None):
         """Answers to many prompts (lists of ids), decoded side by side -> list of Generation, in input order.
 
         num_samples answers per prompt share its prefill; answer j of prompt i is result [i * num_samples + j].
         batch_size: rows (prompts x samples) per forward; default DEFAULT_BATCH_SIZE for the model's device.
         Prompts are sorted by length and batched with their neighbours (little padding); a row leaves its batch
-        at a stop token or at its budget: max_tokens, capped so prompt + answer fit sequence_len ("context").
+        at a stop token or at its budget: max_tokens (one for all, or a list with one per prompt), capped so prompt +
+        answer fit sequence_len ("context").
         Greedy (temperature 0): the tokens generate(prompt) gives for each prompt alone.
         Sampling: the num_samples answers of prompt i draw together from one generator seeded seeds[i] (seeds
         defaulting to seed + i), exactly as generate(prompt, num_samples, seed=seeds[i]) draws them: reproducible,
@@ -333,6 +334,8 @@ class Engine:
         a draw only when it lands on a boundary). An answer that has stopped keeps its place in its group's draws
         (as in generate) but leaves the forward pass.
         progress: show a progress bar (a string is its label).
+        on_token(index, token_id): called as each answer grows (index = its place in the result list; stop tokens are
+        not reported). Returning False stops that answer there (stopped "cancelled"): a streaming client that left.
         """
         if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in prompts):
             raise ValueError("prompts must be a list of token-id lists")
@@ -341,10 +344,13 @@ class Engine:
         seeds = [seed + i for i in range(len(prompts))] if seeds is None else list(seeds)
         if len(seeds) != len(prompts):
             raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
-        budgets = [self._budget(i, p, max_tokens) for i, p in enumerate(prompts)]
-        capped = sum(max_tokens is not None and b < max_tokens for b in budgets)
+        limits = list(max_tokens) if isinstance(max_tokens, (list, tuple)) else [max_tokens] * len(prompts)
+        if len(limits) != len(prompts):
+            raise ValueError(f"max_tokens has {len(limits)} entries for {len(prompts)} prompts")
+        budgets = [self._budget(i, p, limit) for i, (p, limit) in enumerate(zip(prompts, limits))]
+        capped = sum(limit is not None and b < limit for b, limit in zip(budgets, limits))
         if capped:
-            logger.warning("max_tokens=%d capped for %d of %d prompts: prompt + answer must fit sequence_len=%d",
+            logger.warning("max_tokens=%s capped for %d of %d prompts: prompt + answer must fit sequence_len=%d",
                            max_tokens, capped, len(prompts), self.model.config.sequence_len)
         rows = batch_size or default_batch_size(self.model.get_device())
         per_batch = max(1, rows // num_samples)
@@ -353,7 +359,7 @@ class Engine:
         for i, p in enumerate(prompts):
             if budgets[i] == 0:  # a full prompt: nothing to generate
                 for j in range(num_samples):
-                    results[i * num_samples + j] = Generation([], self._why_stopped(0, max_tokens), None, len(p))
+                    results[i * num_samples + j] = Generation([], self._why_stopped(0, limits[i]), None, len(p))
             else:
                 todo.append(i)
         todo.sort(key=lambda i: len(prompts[i]))
@@ -365,8 +371,11 @@ class Engine:
             bar.update(len(prompts) - len(todo))
         for start in range(0, len(todo), per_batch):
             chunk = todo[start:start + per_batch]
+            report = None if on_token is None else \
+                (lambda r, tok, chunk=chunk: on_token(chunk[r // num_samples] * num_samples + r % num_samples, tok))
             gens = self._decode_batch([list(prompts[i]) for i in chunk], [budgets[i] for i in chunk],
-                                      [seeds[i] for i in chunk], num_samples, temperature, top_k, max_tokens)
+                                      [seeds[i] for i in chunk], num_samples, temperature, top_k,
+                                      [limits[i] for i in chunk], report)
             for k, i in enumerate(chunk):
                 results[i * num_samples:(i + 1) * num_samples] = gens[k * num_samples:(k + 1) * num_samples]
             if bar is not None:
@@ -390,7 +399,7 @@ class Engine:
     def _why_stopped(budget, max_tokens):
         return "max_tokens" if budget == max_tokens else "context"
 
-    def _decode_batch(self, prompts, budgets, seeds, num_samples, temperature, top_k, max_tokens):
+    def _decode_batch(self, prompts, budgets, seeds, num_samples, temperature, top_k, limits, on_token=None):
         """One batch: left-pad, prefill once, decode until every row has stopped -> Generation per row."""
         device = self.model.get_device()
         stop = self.stop_tokens()
@@ -423,8 +432,10 @@ class Engine:
                     results[r] = Generation(tokens[r], "stop_token", tok, n_prompt)
                     continue
                 tokens[r].append(tok)
-                if len(tokens[r]) == budget:
-                    results[r] = Generation(tokens[r], self._why_stopped(budget, max_tokens), None, n_prompt)
+                if on_token is not None and on_token(r, tok) is False:
+                    results[r] = Generation(tokens[r], "cancelled", None, n_prompt)
+                elif len(tokens[r]) == budget:
+                    results[r] = Generation(tokens[r], self._why_stopped(budget, limits[owner[r]]), None, n_prompt)
                 else:
                     keep.append(a)
             if not keep:

@@ -252,3 +252,22 @@ def test_full_prompt_errors_and_defaults():
         engine.generate_many([1, 2, 3])
     assert default_batch_size("cpu") == DEFAULT_BATCH_SIZE["cpu"] and default_batch_size("cuda:0") == DEFAULT_BATCH_SIZE["cuda"]
     assert engine.generate_many([]) == []
+
+
+def test_on_token_streams_each_answer_and_can_cancel_one_and_per_prompt_max_tokens():
+    model = tiny_model("T,M", 2, copy_head=True)
+    engine = Engine(model, StopTokenizer())
+    prompts = random_prompts([5, 12, 8], seed=2)
+    streamed = collections.defaultdict(list)
+
+    def on_token(i, tok):
+        streamed[i].append(tok)
+        return not (i == 1 and len(streamed[i]) == 3)  # the second answer's client leaves after 3 tokens
+
+    got = engine.generate_many(prompts, max_tokens=[6, 10, 4], batch_size=3, on_token=on_token)
+    alone = [engine.generate_many([p], max_tokens=m)[0] for p, m in zip(prompts, (6, 10, 4))]
+    assert [g.tokens for g in got] == [alone[0].tokens, alone[1].tokens[:3], alone[2].tokens]
+    assert [g.stopped for g in got] == ["max_tokens", "cancelled", "max_tokens"]
+    assert {i: streamed[i] for i in range(3)} == {i: g.tokens for i, g in enumerate(got)}
+    with pytest.raises(ValueError, match="max_tokens has 2 entries for 3 prompts"):
+        engine.generate_many(prompts, max_tokens=[1, 2])
