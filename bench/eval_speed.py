@@ -5,7 +5,7 @@
     flock /tmp/nanochat-heavy.lock python -m bench.eval_speed                  # random weights, 700 questions
     python -m bench.eval_speed --quick                                         # 64 questions, smoke run
 
---results DIR: the run's own evaluation inputs -- results/kb/synthetic, the precomputed retrieval of
+--results DIR: the run's own evaluation inputs -- results/kb/synthetic/<retriever>, the precomputed retrieval of
 results/runs/synthetic_rag, every question of results/synthetic/queries_test.jsonl, the checkpoint
 rag/synthetic_rag under results/checkpoints -- rendered as scripts.rag_eval renders its "retrieval" condition
 (top_k and max_doc_length from the checkpoint), answers up to --max_new_tokens (the DAG's 32), and EM of each path.
@@ -70,7 +70,7 @@ def run_conversations(results, device="cpu", max_questions=-1):
     top_k, max_doc_length = args.get("top_k") or 5, args.get("max_doc_length") or 300
     items = load_items(load_queries(results / "synthetic" / "queries_test.jsonl"),
                        load_precomputed(results / "runs" / "synthetic_rag" / "retrieval.parquet"),
-                       KnowledgeBase.load(results / "kb" / "synthetic"), top_k, "test", max_questions)
+                       KnowledgeBase.load(results / "kb" / "synthetic" / args.get("retriever_type", "bm25")), top_k, "test", max_questions)
     convs = [build_conversation(it["question"], truncate_docs(it["retrieved"], max_doc_length)) for it in items]
     return convs, items, model, tokenizer, f"rag/synthetic_rag step {meta.get('step')} (top_k {top_k})"
 

@@ -89,7 +89,7 @@ def load_run(results):
            "max_new_tokens": args.get("max_new_tokens", 24), "temperature": args.get("temperature", 1.0),
            "seed": args.get("seed", 0), "lr": 1e-4}
     budget = model.config.sequence_len - cfg["max_new_tokens"]
-    kb = KnowledgeBase.load(results / "kb" / "synthetic")
+    kb = KnowledgeBase.load(results / "kb" / "synthetic" / args.get("retriever_type", "bm25"))
     items = MD.prompt_items(load_queries(results / "synthetic" / "queries_train.jsonl"),
                             load_precomputed(results / "runs" / "synthetic_refrag" / "retrieval.parquet"),
                             ChunkStore(kb.chunks), "train", args.get("max_doc_length"))

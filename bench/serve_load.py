@@ -47,7 +47,7 @@ def rss_mb(pid: int) -> float:
 
 def start_server(results: Path, port: int, batch_size: int | None, max_queue: int) -> subprocess.Popen:
     repo = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "scripts.rag_web", "--knowledge_base", str(results / "kb" / "synthetic"),
+    cmd = [sys.executable, "-m", "scripts.rag_web", "--knowledge_base", str(results / "kb" / "synthetic" / "bm25"),
            "--source", "rag", "--model_tag", "synthetic_rag", "--base_dir", str(results / "checkpoints"),
            "--host", LOOPBACK, "--port", str(port), "--device", "cpu", "--max_queue", str(max_queue)]
     if batch_size:
