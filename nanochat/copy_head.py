@@ -33,15 +33,22 @@ class CopyHead(nn.Module):
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)  # starts at g = 0.5: half vocabulary, half copy
 
-    def pointer(self, h, keys, positions):
-        """Attention (B, Tq, Tk) of queries h (B, Tq, C) at absolute `positions` (Tq,) over keys (B, Tk, C)."""
-        scores = (self.q(h) @ keys.transpose(1, 2)).float() / math.sqrt(h.size(-1))
-        causal = torch.arange(keys.size(1), device=h.device)[None, :] <= positions[:, None]  # (Tq, Tk)
-        return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+    def pointer(self, h, keys, positions, key_mask=None):
+        """Attention (B, Tq, Tk) of queries h (B, Tq, C) at absolute `positions` (Tq,) over keys (B, Tk, C).
 
-    def log_probs(self, logits, h, ids, keys, positions):
+        key_mask (B, Tk) bool, False = padding (batched generation): never pointed at, except by a padding
+        query at its own position (which keeps every row's softmax finite).
+        """
+        scores = (self.q(h) @ keys.transpose(1, 2)).float() / math.sqrt(h.size(-1))
+        cols = torch.arange(keys.size(1), device=h.device)[None, :]
+        allowed = cols <= positions[:, None]  # (Tq, Tk)
+        if key_mask is not None:
+            allowed = (allowed & key_mask[:, None, :]) | (cols == positions[:, None])  # (B, Tq, Tk)
+        return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+
+    def log_probs(self, logits, h, ids, keys, positions, key_mask=None):
         """log p(v) for every v: (B, Tq, V), from lm logits (B, Tq, V) and the context ids/keys (B, Tk)."""
-        a = self.pointer(h, keys, positions)  # (B, Tq, Tk)
+        a = self.pointer(h, keys, positions, key_mask)  # (B, Tq, Tk)
         copy = torch.zeros_like(logits).scatter_add_(2, ids[:, None, :].expand(-1, h.size(1), -1), a)
         g = torch.sigmoid(self.gate(h).float())  # (B, Tq, 1)
         return torch.log((g * logits.softmax(-1) + (1 - g) * copy).clamp_min(1e-30))

@@ -169,14 +169,21 @@ class GPT(nn.Module):
             group["initial_lr"] = group["lr"]  # for LR schedules that scale from the start value
         return optimizer
 
-    def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
-        """idx: (B, T) token ids. Returns logits (B, T, V) or, with targets (B, T; -1 = ignore), the loss."""
+    def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean", last_only=False):
+        """idx: (B, T) token ids. Returns logits (B, T, V) or, with targets (B, T; -1 = ignore), the loss.
+
+        last_only: logits of the last position only, (B, 1, V) (a prefill needs no more).
+        """
         B, T = idx.size()
         T0 = 0 if kv_cache is None else kv_cache.get_pos()
         if T0 + T > self.rotary_seq_len:
             raise ValueError(f"sequence of {T0 + T} tokens exceeds the rotary table ({self.rotary_seq_len} = "
                              f"10 x sequence_len={self.config.sequence_len}); use shorter inputs")
-        cos_sin = self.cos[:, T0:T0 + T], self.sin[:, T0:T0 + T]  # (1, T, 1, D/2)
+        rows = None if kv_cache is None else kv_cache.row_positions(T)  # (B, T) in a left-padded batch
+        if rows is None:
+            cos_sin = self.cos[:, T0:T0 + T], self.sin[:, T0:T0 + T]  # (1, T, 1, D/2)
+        else:
+            cos_sin = self.cos[0, rows], self.sin[0, rows]  # (B, T, 1, D/2): each row counts from its first token
         x = norm(self.transformer.wte(idx))  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, cos_sin, kv_cache)
@@ -184,15 +191,15 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         if self.copy_head is not None:
-            return self._copy_output(x, idx, targets, kv_cache, T0, loss_reduction)
-        logits = self.lm_head(x).float()  # (B, T, V)
+            return self._copy_output(x, idx, targets, kv_cache, T0, loss_reduction, last_only)
+        logits = self.lm_head(x[:, -1:] if last_only else x).float()  # (B, T, V)
         logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
                                reduction=loss_reduction)
 
-    def _copy_output(self, x, idx, targets, kv_cache, T0, loss_reduction):
+    def _copy_output(self, x, idx, targets, kv_cache, T0, loss_reduction, last_only=False):
         """forward's output with the copy head: log-probabilities of the mixture, or its loss (same contract)."""
         softcap = lambda z: SOFTCAP * torch.tanh(z.float() / SOFTCAP)
         if targets is not None:
@@ -202,11 +209,11 @@ class GPT(nn.Module):
             if loss_reduction != "none":
                 return nll
             return torch.zeros(keep.numel(), device=nll.device, dtype=nll.dtype).masked_scatter(keep.view(-1), nll)
-        keys, ids = self.copy_head.k(x), idx  # (B, T, C), (B, T)
-        if kv_cache is not None:  # the context so far: earlier calls' keys and ids, then these
-            if kv_cache.copy_context is not None:
-                keys = torch.cat([kv_cache.copy_context[0], keys], 1)
-                ids = torch.cat([kv_cache.copy_context[1], ids], 1)
-            kv_cache.copy_context = (keys, ids)
-        positions = torch.arange(T0, T0 + x.size(1), device=x.device)
-        return self.copy_head.log_probs(softcap(self.lm_head(x)), x, ids, keys, positions)
+        keys, ids, key_mask = self.copy_head.k(x), idx, None  # (B, T, C), (B, T)
+        if kv_cache is not None:  # the context so far: earlier calls' keys and ids, then these (+ padding mask)
+            keys, ids, key_mask = kv_cache.extend_copy_context(T0, keys, ids)
+        T = idx.size(1)
+        if last_only:
+            x = x[:, -1:]
+        positions = torch.arange(T0 + T - x.size(1), T0 + T, device=x.device)
+        return self.copy_head.log_probs(softcap(self.lm_head(x)), x, ids, keys, positions, key_mask)

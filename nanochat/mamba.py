@@ -333,6 +333,21 @@ def _conv_step(conv_state, x_t, conv):
     return out + conv.bias if conv.bias is not None else out
 
 
+def _padding_snapshot(pad_mask, *states):
+    """Copies of the states before a step whose pad_mask (B,) marks some rows as padding, else None."""
+    if pad_mask is None or bool(pad_mask.all()):
+        return None
+    return [s.clone() for s in states]
+
+
+def _restore_padding_rows(pad_mask, snapshot, *states):
+    """Put the padding rows' states back as they were: a padding token leaves no trace in conv or SSM state."""
+    if snapshot is None:
+        return
+    for s, old in zip(states, snapshot):
+        s.copy_(torch.where(pad_mask.view(-1, *[1] * (s.dim() - 1)), s, old))
+
+
 class Mamba(nn.Module):
     """Mamba-1 selective SSM mixer; mirrors mamba_ssm.modules.mamba_simple.Mamba (names, shapes, init, methods)."""
 
@@ -375,22 +390,33 @@ class Mamba(nn.Module):
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
 
-    def forward(self, hidden_states, inference_params=None):
-        """hidden_states (B, L, D) -> (B, L, D). With inference_params: prefill stores states, offset > 0 steps."""
+    supports_pad_mask = True  # forward/step take pad_mask (mamba-ssm's modules do not)
+
+    def forward(self, hidden_states, inference_params=None, pad_mask=None):
+        """hidden_states (B, L, D) -> (B, L, D). With inference_params: prefill stores states, offset > 0 steps.
+
+        pad_mask (B, L) bool, False = padding (batched generation): a padding position feeds zeros to the conv and
+        dt = 0 to the scan, so each row's state starts from its own first real token. Outputs there are garbage.
+        """
         Bsz, L, _ = hidden_states.shape
         conv_state = ssm_state = None
         if inference_params is not None:
             conv_state, ssm_state = self._get_states_from_cache(inference_params, Bsz)
             if inference_params.seqlen_offset > 0:
-                out, _, _ = self.step(hidden_states, conv_state, ssm_state)  # states updated in place
+                out, _, _ = self.step(hidden_states, conv_state, ssm_state,
+                                      pad_mask=None if pad_mask is None else pad_mask[:, -1])  # states updated in place
                 return out
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, ED) each
+        if pad_mask is not None:
+            x = x * pad_mask.unsqueeze(-1).to(x.dtype)
         x = x.transpose(1, 2)  # (B, ED, L)
         if conv_state is not None:  # keep the last W inputs (zero-padded on the left when L < W)
             conv_state.copy_(F.pad(x, (self.d_conv - L, 0)))
         x = self.act(self.conv1d(x)[..., :L]).transpose(1, 2)  # (B, L, ED)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt).float())  # (B, L, ED)
+        if pad_mask is not None:
+            dt = dt * pad_mask.unsqueeze(-1)  # no decay, no input: the state passes padding unchanged (zero)
         A = -torch.exp(self.A_log.float())  # (ED, N)
         y, last_state = selective_scan(x.float(), dt, A, B.float(), C.float(), self.D.float(), chunked=self.chunked)
         if ssm_state is not None:
@@ -398,10 +424,14 @@ class Mamba(nn.Module):
         y = y.to(hidden_states.dtype) * self.act(z)  # (B, L, ED)
         return self.out_proj(y)
 
-    def step(self, hidden_states, conv_state, ssm_state):
-        """One decoding step: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state), states updated in place."""
+    def step(self, hidden_states, conv_state, ssm_state, pad_mask=None):
+        """One decoding step: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state), states updated in place.
+
+        pad_mask (B,) bool: rows where it is False are padding and keep their states unchanged.
+        """
         dtype = hidden_states.dtype
         assert hidden_states.shape[1] == 1, f"step decodes one token at a time, got {hidden_states.shape[1]}"
+        snapshot = _padding_snapshot(pad_mask, conv_state, ssm_state)
         x, z = self.in_proj(hidden_states.squeeze(1)).chunk(2, dim=-1)  # (B, ED)
         x = self.act(_conv_step(conv_state, x, self.conv1d)).to(dtype)  # (B, ED)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -412,6 +442,7 @@ class Mamba(nn.Module):
         ssm_state.copy_(ssm_state * dA + dBx)
         y = torch.einsum("ben,bn->be", ssm_state.float(), C.float()) + self.D.float() * x
         y = y.to(dtype) * self.act(z)  # (B, ED)
+        _restore_padding_rows(pad_mask, snapshot, conv_state, ssm_state)
         return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
@@ -541,16 +572,24 @@ class Mamba2(nn.Module):
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
         return self.out_proj(y)
 
-    def forward(self, hidden_states, inference_params=None):
-        """hidden_states (B, L, D) -> (B, L, D). With inference_params: prefill stores states, offset > 0 steps."""
+    supports_pad_mask = True  # forward/step take pad_mask (mamba-ssm's modules do not)
+
+    def forward(self, hidden_states, inference_params=None, pad_mask=None):
+        """hidden_states (B, L, D) -> (B, L, D). With inference_params: prefill stores states, offset > 0 steps.
+
+        pad_mask (B, L) bool, False = padding: zeros into the conv and dt = 0 in the scan there (as Mamba.forward).
+        """
         Bsz, L, _ = hidden_states.shape
         conv_state = ssm_state = None
         if inference_params is not None:
             conv_state, ssm_state = self._get_states_from_cache(inference_params, Bsz)
             if inference_params.seqlen_offset > 0:
-                out, _, _ = self.step(hidden_states, conv_state, ssm_state)  # states updated in place
+                out, _, _ = self.step(hidden_states, conv_state, ssm_state,
+                                      pad_mask=None if pad_mask is None else pad_mask[:, -1])  # states updated in place
                 return out
         z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states))
+        if pad_mask is not None:
+            xBC = xBC * pad_mask.unsqueeze(-1).to(xBC.dtype)
         xBC = xBC.transpose(1, 2)  # (B, d_conv_in, L)
         if conv_state is not None:
             conv_state.copy_(F.pad(xBC, (self.d_conv - L, 0)))
@@ -561,6 +600,8 @@ class Mamba2(nn.Module):
         B = B.unflatten(-1, (self.ngroups, self.d_state)).float()  # (B, L, G, N)
         C = C.unflatten(-1, (self.ngroups, self.d_state)).float()
         dt = self._dt(dt)  # (B, L, H)
+        if pad_mask is not None:
+            dt = dt * pad_mask.unsqueeze(-1)  # no decay, no input: the state passes padding unchanged (zero)
         A = -torch.exp(self.A_log.float())  # (H,)
         if self.chunked:
             y, last_state = ssd_chunked(x, dt, A, B, C, min(self.chunk_size, CPU_SSD_CHUNK))
@@ -571,10 +612,14 @@ class Mamba2(nn.Module):
         y = (y + x * self._D()).flatten(-2).to(hidden_states.dtype)  # (B, L, d_ssm)
         return self._finish(y, z, z0, x0)
 
-    def step(self, hidden_states, conv_state, ssm_state):
-        """One decoding step: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state), states updated in place."""
+    def step(self, hidden_states, conv_state, ssm_state, pad_mask=None):
+        """One decoding step: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state), states updated in place.
+
+        pad_mask (B,) bool: rows where it is False are padding and keep their states unchanged.
+        """
         dtype = hidden_states.dtype
         assert hidden_states.shape[1] == 1, f"step decodes one token at a time, got {hidden_states.shape[1]}"
+        snapshot = _padding_snapshot(pad_mask, conv_state, ssm_state)
         z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states.squeeze(1)))
         xBC = self.act(_conv_step(conv_state, xBC, self.conv1d)).to(dtype)  # (B, d_ssm + 2GN)
         GN = self.ngroups * self.d_state
@@ -589,6 +634,7 @@ class Mamba2(nn.Module):
         ssm_state.copy_(ssm_state * dA[..., None, None] + dBx)
         y = torch.einsum("bhpn,bhn->bhp", ssm_state.float(), C) + x * self._D()  # (B, H, P)
         out = self._finish(y.flatten(-2).to(dtype), z, z0, x0)
+        _restore_padding_rows(pad_mask, snapshot, conv_state, ssm_state)
         return out.unsqueeze(1), conv_state, ssm_state
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):

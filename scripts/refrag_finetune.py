@@ -46,6 +46,9 @@ def build_parser():
     p.add_argument("--rl_lr_frac", type=float, default=0.1, help="reward-phase lr = warm-up peak lr * this")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature in the reward phase (> 0)")
     p.add_argument("--max_new_tokens", type=int, default=24, help="answer tokens sampled / generated")
+    p.add_argument("--generate_batch_size", type=int, default=None,
+                   help="rows decoded side by side when sampling a step's answers and scoring held-out EM "
+                        "(default: a step's questions x samples; held-out: per device, nanochat.engine.DEFAULT_BATCH_SIZE)")
     p.add_argument("--eval_questions", type=int, default=32, help="held-out (val) questions for EM during training")
     p.add_argument("--retrieval", default=None, help="precomputed multi-hop retrieval table (skips precompute)")
     return p
@@ -114,7 +117,8 @@ def main(argv=None):
             if not heldout:
                 return {}
             run.model.eval()
-            rows = RE.evaluate_items(run.model, run.tokenizer, heldout, "refrag", args.max_new_tokens, desc="held-out")
+            rows = RE.evaluate_items(run.model, run.tokenizer, heldout, "refrag", args.max_new_tokens, desc="held-out",
+                                     batch_size=args.generate_batch_size)
             run.model.train()
             s = RE.summarize(rows)
             return {"heldout_em": round(s["em"], 4), "heldout_f1": round(s["f1"], 4),

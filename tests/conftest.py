@@ -43,3 +43,10 @@ def _cpu_tests_build_cpu_mixers(request):
     from nanochat.mamba import building_for
     with building_for("cpu"):
         yield
+
+
+@pytest.fixture(scope="session")
+def chat_world(tmp_path_factory):
+    """Tiny trained RAG + REFRAG checkpoints over a synthetic KB, shared by the chat, API and browser tests."""
+    from tests.chat_world import build_chat_world
+    return build_chat_world(tmp_path_factory.mktemp("chat_world"))

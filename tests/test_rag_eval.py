@@ -58,7 +58,7 @@ def test_conditions_and_aggregate_with_a_scripted_model(world, monkeypatch):
     answer_of = {it["question"]: it["answers"][0] for it in items}
     gold_of = {it["question"]: set(it["doc_ids"]) for it in items}
 
-    def fake_generate(engine, convs, max_tokens=48, desc=""):
+    def fake_generate(engine, convs, max_tokens=48, desc="", batch_size=None):
         out = []
         for c in convs:
             q = c["messages"][-1]["content"]

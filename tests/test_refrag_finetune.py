@@ -102,6 +102,48 @@ def test_policy_gradient_only_on_sampled_tokens_and_group_advantages():
     assert model.lm_head.weight.grad.abs().sum() == 0
 
 
+def test_reward_phase_samples_a_step_as_one_batch_what_one_question_at_a_time_sampled():
+    """sample_groups (all of a step's questions x samples decoded together) gives each question the group the
+    one-question path sampled: engine.generate(prompt, num_samples, seed), each answer kept through its stop token.
+    So batching leaves the reward phase's samples, and a resumed run's, as they were."""
+    from nanochat.engine import Engine
+    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.train.reward_phase import sample_groups, step_seed
+
+    class Tok:  # stops on id 5 (<|assistant_end|>) and 1 (<|bos|>)
+        def encode_special(self, name):
+            return 5
+
+        def get_bos_token_id(self):
+            return 1
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=48, vocab_size=24, n_layer=2, n_head=2, n_kv_head=2, n_embd=16,
+                          block_pattern="T,M", mamba_headdim=8, copy_head=True))
+    model.init_weights()
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            if not name.endswith(("A_log", "dt_bias")):
+                prm.add_(0.3 * torch.randn_like(prm))
+    model.eval()
+    engine = Engine(model, Tok())
+    g = torch.Generator().manual_seed(1)
+    prompts = [[1] + torch.randint(6, 24, (n,), generator=g).tolist() for n in (4, 11, 7)]
+    seeds = [step_seed(0, 3, b, 0) for b in range(len(prompts))]
+    groups = sample_groups(engine, prompts, seeds, num_samples=4, max_tokens=8, temperature=1.0, top_k=10)
+    stop = engine.stop_tokens()
+    for prompt, seed, group in zip(prompts, seeds, groups):
+        want, done = [[] for _ in range(4)], [False] * 4
+        for column, _ in engine.generate(prompt, num_samples=4, max_tokens=8, temperature=1.0, top_k=10, seed=seed):
+            for i, tok in enumerate(column):
+                if not done[i]:
+                    want[i].append(tok)
+                    done[i] = tok in stop
+        assert group == want
+    assert any(s[-1] in stop for grp in groups for s in grp) and any(len(s) == 8 for grp in groups for s in grp)
+    assert sample_groups(engine, prompts, seeds, 4, 8, 1.0, 10, batch_size=5) == groups  # any batch size
+
+
 def test_heldout_comparison_hop_recall_and_plot(tmp_path):
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.rag.conversation import ChunkStore

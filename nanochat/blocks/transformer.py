@@ -47,7 +47,11 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.insert_kv(self.layer_idx, k, v)  # (B, Hkv, Tk, D): past + these T
         Tq, Tk = q.size(2), k.size(2)
         gqa = self.n_head != self.n_kv_head
-        if Tq == Tk:
+        mask = None if cache is None else cache.attention_mask(Tq, Tk)  # (B, 1, Tq, Tk) in a left-padded batch
+        if mask is not None:
+            # causal, over each row's real tokens only (a padding query sees itself, so no row is all -inf)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        elif Tq == Tk:
             # training or prefill from an empty cache: plain causal attention
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         elif Tq == 1:

@@ -145,15 +145,16 @@ def aggregate(rows: list[dict], k: int) -> dict:
 # -----------------------------------------------------------------------------
 # Generation and the whole evaluation
 
-def generate_answers(engine, conversations: list[dict], max_tokens: int = 48, desc: str = "generate") -> list[str]:
-    """Greedy answers, one conversation at a time through the guide's Engine API (tqdm progress)."""
-    from tqdm.auto import tqdm
-    return [engine.generate_from_conversation(c, max_tokens=max_tokens, temperature=0.0)[0].strip()
-            for c in tqdm(conversations, desc=desc, mininterval=2.0)]
+def generate_answers(engine, conversations: list[dict], max_tokens: int = 48, desc: str = "generate",
+                     batch_size: int | None = None) -> list[str]:
+    """Greedy answers, decoded batch_size rows side by side (default: the device's, nanochat.engine); each is the
+    answer generate_from_conversation gives for its conversation alone (tqdm progress)."""
+    return [text.strip() for text, _ in engine.generate_batch_conversations(
+        conversations, max_tokens=max_tokens, temperature=0.0, batch_size=batch_size, progress=desc)]
 
 
 def evaluate(model, tokenizer, items: list[dict], top_k: int, max_tokens: int = 48, max_doc_length: int = 300,
-             conditions=CONDITIONS, seed: int = 0) -> tuple[dict, list[dict]]:
+             conditions=CONDITIONS, seed: int = 0, batch_size: int | None = None) -> tuple[dict, list[dict]]:
     """Score the model on items under each condition -> (metrics, per-question rows)."""
     from nanochat.engine import Engine
     engine = Engine(model, tokenizer)
@@ -170,7 +171,7 @@ def evaluate(model, tokenizer, items: list[dict], top_k: int, max_tokens: int = 
         docs = [docs_for[cond](it) for it in items]
         docs = [None if d is None else truncate_docs(d, max_doc_length) for d in docs]
         convs = [build_conversation(it["question"], d) for it, d in zip(items, docs)]
-        answers = generate_answers(engine, convs, max_tokens, desc=cond)
+        answers = generate_answers(engine, convs, max_tokens, desc=cond, batch_size=batch_size)
         suffix = "" if cond == "retrieval" else f"_{cond}"
         for it, row, ans, d in zip(items, rows, answers, docs):
             s = score_answer(ans, it, d)
@@ -201,6 +202,8 @@ def eval_parser(description: str, retrieval_help: str, source: str, max_tokens: 
     p.add_argument("--max_doc_length", type=int, default=None, help="words per document (default: the fine-tune's)")
     p.add_argument("--max_tokens", type=int, default=max_tokens, help="answer length cap in tokens")
     p.add_argument("--max_questions", type=int, default=-1, help="evaluate the first N questions (-1 = all)")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="answers decoded side by side (default: per device, nanochat.engine.DEFAULT_BATCH_SIZE)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--num_threads", type=int, default=-1, help="CPU threads (-1 = auto: 1 when the machine is oversubscribed)")
     p.add_argument("--output", type=output_dir, required=True, help="output directory for metrics.json, per_question.csv, *.png")
@@ -246,7 +249,8 @@ def main(argv=None):
     print0(f"rag_eval: {len(items)} questions, top_k {top_k}, model {args.source}/{meta.get('model_tag', args.model_tag)} "
            f"step {meta.get('step')}")
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
-    metrics, rows = evaluate(model, tokenizer, items, top_k, args.max_tokens, max_doc_length, conditions)
+    metrics, rows = evaluate(model, tokenizer, items, top_k, args.max_tokens, max_doc_length, conditions,
+                             batch_size=args.batch_size)
     metrics.update(kb_id=kb.kb_id, model_source=args.source, model_tag=meta.get("model_tag", args.model_tag),
                    model_step=meta.get("step"), retrieval=str(args.retrieval), queries=str(args.queries_test))
     out = Path(args.output)

@@ -55,15 +55,16 @@ def conversation_for(item: dict, condition: str) -> dict:
     return {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": item["question"]}]}
 
 def evaluate_items(model, tokenizer, items: list[dict], condition: str = "refrag", max_tokens: int = 32,
-                   desc: str | None = None) -> list[dict]:
-    """Greedy answers under one condition -> per-question rows (em, f1, reward, hops, retrieval recall)."""
-    from tqdm.auto import tqdm
+                   desc: str | None = None, batch_size: int | None = None) -> list[dict]:
+    """Greedy answers under one condition -> per-question rows (em, f1, reward, hops, retrieval recall).
+    Answers are decoded batch_size side by side (default: the device's), each the one its conversation gets alone."""
     from nanochat.engine import Engine
     engine = Engine(model, tokenizer)
+    convs = [conversation_for(it, condition) for it in items]
+    answers = engine.generate_batch_conversations(convs, max_tokens=max_tokens, temperature=0.0, batch_size=batch_size,
+                                                  progress=(desc or condition) if len(items) >= 20 else False)
     rows = []
-    for it in tqdm(items, desc=desc or condition, mininterval=2.0, disable=len(items) < 20):
-        conv = conversation_for(it, condition)
-        text, _ = engine.generate_from_conversation(conv, max_tokens=max_tokens, temperature=0.0)
+    for it, conv, (text, _) in zip(items, convs, answers):
         docs = [] if condition == "no_retrieval" else message_documents(conv["messages"][1])
         rows.append(score_row(it, condition, text, docs))
     return rows
@@ -90,12 +91,13 @@ def summarize(rows: list[dict], items: list[dict] | None = None, max_hops: int =
         out["hop_recall"] = {k: mean([p[k] for p in per]) for k in per[0]} if per else {}
     return out
 
-def compare_conditions(models: dict, items: list[dict], max_tokens: int = 32, max_hops: int = 3) -> tuple[dict, list]:
+def compare_conditions(models: dict, items: list[dict], max_tokens: int = 32, max_hops: int = 3,
+                       batch_size: int | None = None) -> tuple[dict, list]:
     """models: {label: (model, tokenizer, condition)}, e.g. {"refrag": (m1, tok, "refrag"), "rag": (m2, tok, "rag"),
     "no_retrieval": (m2, tok, "no_retrieval")}; all on the same items -> (metrics by label, all rows)."""
     metrics, all_rows = {}, []
     for label, (model, tok, cond) in models.items():
-        rows = evaluate_items(model, tok, items, cond, max_tokens, desc=label)
+        rows = evaluate_items(model, tok, items, cond, max_tokens, desc=label, batch_size=batch_size)
         for r in rows:
             r["label"] = label
         metrics[label] = summarize(rows, items if cond == "refrag" else None, max_hops)
@@ -209,7 +211,7 @@ def main(argv=None) -> dict:
     print0(f"refrag_eval: {len(items)} questions; refrag {meta.get('model_tag')} ({max_hops} hops x {per_hop}); "
            f"rag {args.rag_model_tag or '-'} (top {rag_top_k}{', answers from ' + str(args.rag_eval) if reused else ''}); "
            f"max_tokens {args.max_tokens}")
-    by_label, rows = compare_conditions(models, items, args.max_tokens, max_hops)
+    by_label, rows = compare_conditions(models, items, args.max_tokens, max_hops, args.batch_size)
     for label, label_rows in (reused or {}).items():  # the RAG run's own answers: RAG model, with and without documents
         by_label[label] = summarize(label_rows, None, max_hops)
         rows += label_rows

@@ -14,7 +14,9 @@ config schema and the docs derive from it. Adding a strategy is one function and
                with the question ("founder" / "founded by X"): the bridge the question asks about, not every
                name in the passage. Falls back to entities when no sentence shares a stem.
     model      a callable writes the follow-up query: query_fn(question, hop_documents) -> str
-               (e.g. `nanochat.retrieval.multihop.engine_query_writer(engine)` at inference)
+               (e.g. `nanochat.retrieval.multihop.engine_query_writer(engine)`). A Python hook for experiments
+               only: no CLI, workflow rule or chat offers it (offline_choices), since no model here is trained
+               to write queries, and the README does not document it.
 """
 from __future__ import annotations
 

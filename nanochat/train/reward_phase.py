@@ -15,20 +15,20 @@ from nanochat.rag.conversation import message_documents
 from nanochat.rag.rewards import COMPONENTS, compute_reward
 
 
-@torch.no_grad()
-def sample_group(engine, prompt: list[int], num_samples: int, max_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = 50, seed: int = 0) -> list[list[int]]:
-    """num_samples answers to one prompt; each is its generated ids, ending with the stop token if one came."""
-    stop = engine.stop_tokens()
-    out = [[] for _ in range(num_samples)]
-    done = [False] * num_samples
-    for column, _ in engine.generate(prompt, num_samples=num_samples, max_tokens=max_tokens,
-                                     temperature=temperature, top_k=top_k, seed=seed):
-        for i, tok in enumerate(column):
-            if not done[i]:
-                out[i].append(tok)
-                done[i] = tok in stop
-    return out
+def sample_groups(engine, prompts: list[list[int]], seeds: list[int], num_samples: int, max_tokens: int,
+                  temperature: float = 1.0, top_k: int | None = 50, batch_size: int | None = None) -> list[list[list[int]]]:
+    """num_samples answers to each prompt, all decoded side by side (Engine.generate_many) -> one group per prompt;
+    an answer is its generated ids, ending with the stop token if one came. The group of prompt i is what
+    engine.generate(prompt, num_samples, seed=seeds[i]) samples, so a step's samples depend on its seeds only."""
+    gens = engine.generate_many(prompts, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seeds=seeds,
+                                num_samples=num_samples, batch_size=batch_size or len(prompts) * num_samples)
+    answers = [g.tokens + ([] if g.stop_token is None else [g.stop_token]) for g in gens]
+    return [answers[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+
+def step_seed(seed: int, step: int, b: int, rank: int) -> int:
+    """Sampling seed of question b of a reward-phase step on a rank: a resumed run samples what the killed one would."""
+    return seed * 100003 + step * 1009 + b * 31 + rank
+
 
 def group_advantages(rewards) -> torch.Tensor:
     """Reward minus the group mean (chat_rl's baseline; no std scaling, so equal rewards give zero)."""
@@ -103,14 +103,15 @@ def run_reward_phase(run, items: list[dict], prompt_budget: int, heldout_em, rew
         for step in range(rl_start, rl_steps):
             comps: dict[str, list] = {}
             loss_sum = 0.0
-            for b in range(args.device_batch_size):
-                i = ((step * args.device_batch_size + b) * run.world_size + run.rank) % len(items)
-                item = items[i]
-                prompt, _ = MD.fit_prompt(tokenizer, item, prompt_budget)  # fits: fit_items kept only such items
-                model.eval()
-                samples = sample_group(engine, prompt, args.num_samples, args.max_new_tokens, args.temperature,
-                                       seed=args.seed * 100003 + step * 1009 + b * 31 + run.rank)
-                model.train()
+            batch = [items[((step * args.device_batch_size + b) * run.world_size + run.rank) % len(items)]
+                     for b in range(args.device_batch_size)]
+            prompts = [MD.fit_prompt(tokenizer, item, prompt_budget)[0] for item in batch]  # fit: fit_items kept such
+            model.eval()  # the step's questions sampled as one batch (the weights change only at optimizer.step)
+            groups = sample_groups(engine, prompts, [step_seed(args.seed, step, b, run.rank) for b in range(len(batch))],
+                                   args.num_samples, args.max_new_tokens, args.temperature,
+                                   batch_size=args.generate_batch_size)
+            model.train()
+            for b, (item, prompt, samples) in enumerate(zip(batch, prompts, groups)):
                 scored = score_samples(tokenizer, samples, item)
                 for s in scored:
                     for k in COMPONENTS:
