@@ -38,6 +38,14 @@ def check_config_references(config: dict) -> None:
                                 f"'{config['runs'][other]['knowledge_base']}', this run '{run['knowledge_base']}'")
         if run.get("k_max", 20) < run.get("top_k", 5):
             problems.append(f"runs.{name}: k_max={run['k_max']} is smaller than top_k={run['top_k']}")
+        kb = config["knowledge_bases"].get(run["knowledge_base"], {})
+        if run.get("rerank") and not kb.get("reranker"):
+            problems.append(f"runs.{name}.rerank: knowledge base '{run['knowledge_base']}' has no reranker "
+                            f"(set knowledge_bases.{run['knowledge_base']}.reranker)")
+    for name, kb in config["knowledge_bases"].items():
+        if kb.get("reranker") and not kb.get("finetune_embedder"):
+            problems.append(f"knowledge_bases.{name}.reranker: it trains on the questions of finetune_embedder, "
+                            "which is not set (finetune_embedder: {queries: ..., epochs: 0} keeps the stock encoder)")
     if problems:
         raise ValueError("invalid workflow config:\n  " + "\n  ".join(problems))
 
@@ -84,3 +92,45 @@ def finetune_args(config: dict, run_name: str) -> str:
                  "--use_rewards", str(run["use_rewards"]).lower(), "--rl_steps", t["rl_steps"],
                  "--num_samples", t["num_samples"], "--rl_lr_frac", t.get("rl_lr_frac", 0.1)]
     return " ".join(shlex.quote(str(a)) for a in args)
+
+
+# -----------------------------------------------------------------------------
+# Retrievers trained on the KB's questions (knowledge_bases.<kb>.finetune_embedder / reranker, runs.<run>.rerank)
+
+FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "hard_negatives", "max_seq_length")
+RERANKER_FLAGS = ("epochs", "batch_size", "lr", "hard_negatives", "max_length")
+
+
+def kb_finetuned(config: dict, kb: str) -> bool:
+    return bool(config["knowledge_bases"][kb].get("finetune_embedder"))
+
+
+def embedder_dir(kb: str) -> str:
+    """The fine-tuned sentence-transformers directory of a KB (an output of rule finetune_embedder)."""
+    return f"results/kb/{kb}/embedder"
+
+
+def reranker_dir(kb: str) -> str:
+    return f"results/kb/{kb}/reranker"
+
+
+def kb_embedding_model(config: dict, kb: str) -> str:
+    """What embeds the KB's chunks: its fine-tuned encoder when finetune_embedder is set, else embedding_model."""
+    return embedder_dir(kb) if kb_finetuned(config, kb) else config["knowledge_bases"][kb].get("embedding_model", "all-MiniLM-L6-v2")
+
+
+def tuning_queries(config: dict, kb: str, split: str) -> str:
+    """The train or val question file the KB's retrievers are trained and selected on."""
+    q = config["knowledge_bases"][kb]["finetune_embedder"]["queries"]
+    return f"results/kb/{kb}/questions/queries_{split}.jsonl" if q == "generate" else q[split]
+
+
+def training_args(block: dict, keys) -> str:
+    """`--epochs 1 --batch_size 32 ...` of a finetune_embedder or reranker block (schema defaults filled in)."""
+    return " ".join(f"--{k} {shlex.quote(str(block[k]))}" for k in keys if k in block)
+
+
+def rerank_args(config: dict, run: str) -> str:
+    """Precompute flags of a run's rerank setting (empty when off); the model path is the rule's input."""
+    r = config["runs"][run].get("rerank")
+    return f"--rerank_depth {int(r.get('depth', 20))}" if r else ""

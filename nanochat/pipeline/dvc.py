@@ -26,6 +26,7 @@ DVC_HEADER = """\
 STAGE_PARAMS = {
     "documents": ["synthetic", "knowledge_bases"],
     "knowledge_base": ["knowledge_bases"],
+    "retriever_tuning": ["knowledge_bases"],
     "model": ["base_dir", "device", "tokenizer", "models"],
     "retrieval": ["runs", "leakage"],
     "dataset": ["runs"],
