@@ -100,7 +100,8 @@ def _gold_rows(doc_rows: dict, doc_id: str, answers: list[str], ranked: list[int
 
 def build_examples(kb, rows: list[dict], lists: dict[str, np.ndarray], hard_negatives: int = 1,
                    texts: list[str] | None = None) -> list[Example]:
-    """One Example per (question, gold document found in the KB); questions without gold are skipped.
+    """One Example per (question, gold document found in the KB), the first document only for multi-hop questions;
+    questions without gold are skipped.
 
     lists: candidate_lists(kb, questions of rows) (same order). Negatives never come from a gold document.
     """
@@ -119,7 +120,10 @@ def build_examples(kb, rows: list[dict], lists: dict[str, np.ndarray], hard_nega
         per_source = [[int(i) for i in lists[s][qi] if i >= 0] for s in lists]
         ranked = list(dict.fromkeys(_interleave(per_source)))  # both lists merged, best first, no repeats
         negatives = [i for i in ranked if doc_ids[i] not in gold][:hard_negatives]
-        for d in sorted(gold):
+        # doc_ids of a multi-hop question are in hop order: the later ones are reached through the first, not
+        # from the question's words, so only the first is a positive for the question (all stay non-negatives)
+        targets = [str(r["doc_ids"][0])] if int(r.get("hops") or 1) > 1 else sorted(gold)
+        for d in targets:
             pos = _gold_rows(doc_rows, d, r.get("answers") or [], ranked, texts)
             if pos is not None:
                 examples.append(Example(str(r["id"]), r["question"], pos, list(negatives), gold))
@@ -158,14 +162,19 @@ def batches(examples: list[Example], batch_size: int, doc_ids, seed: int) -> lis
 def val_pool(n_chunks: int, val_rows: list[dict], lists: dict[str, np.ndarray], doc_ids, size: int,
              seed: int = 0) -> np.ndarray:
     """Chunk rows the val score is computed over: every chunk when the KB has at most `size`; else the val
-    questions' gold chunks and candidates (the hard part of the ranking) filled up with a seeded random sample.
+    questions' gold chunks and their candidates rank by rank while they fit (the hard part of the ranking),
+    filled up to `size` with a seeded random sample.
     Encoding a large KB once per epoch would cost more than the training itself on a CPU."""
     if n_chunks <= size:
         return np.arange(n_chunks)
     gold = {str(d) for r in val_rows for d in r.get("doc_ids") or []}
     keep = {i for i, d in enumerate(doc_ids) if str(d) in gold}
-    for arr in lists.values():
-        keep |= {int(i) for i in arr.ravel() if i >= 0}
+    depth = max((a.shape[1] for a in lists.values()), default=0)
+    for rank in range(depth):  # the best-ranked candidates of every question first, until the pool is full
+        level = {int(i) for a in lists.values() for i in a[:, rank] if i >= 0} - keep
+        if len(keep) + len(level) > size:
+            break
+        keep |= level
     keep = sorted(keep)
     rest = np.setdiff1d(np.arange(n_chunks), np.asarray(keep, dtype=np.int64))
     fill = max(0, size - len(keep))

@@ -13,7 +13,9 @@ In a run, `rerank: {depth: N}` applies it inside precompute (training and evalua
 from __future__ import annotations
 
 import json
+import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from nanochat.retrieval.base import Retriever
 from nanochat.retrieval.finetune import VAL_METRIC, add_training_args, query_files_sha256, save_model_dir, \
     train_with_selection
 
+log = logging.getLogger(__name__)
 DEFAULTS = {"epochs": 1, "batch_size": 16, "lr": 2e-5, "head_lr": 1e-3, "hard_negatives": 1, "max_length": 256,
             "warmup": 0.1, "depth": 30, "seed": 0, "val_depth": 20}
 
@@ -71,6 +74,10 @@ class Reranker:
         from nanochat.retrieval.embeddings import model_id
         self.model_dir, self.batch_size = str(model_dir), batch_size
         self.id = model_id(self.model_dir)
+        rec = Path(model_dir) / "training.json"
+        if rec.is_file() and json.loads(rec.read_text()).get("beats_first_stage") is False:
+            log.warning("%s did not beat its first stage on val when trained (training.json: beats_first_stage false)",
+                        model_dir)
         self.model = load_cross_encoder(self.model_dir, resolve_device(device))
         self.model.eval()
 
@@ -163,6 +170,11 @@ def train_reranker(kb, train_rows: list[dict], val_rows: list[dict], output_dir,
               "data": {"kb_id": kb.kb_id, "train_questions": len(train_rows), "val_questions": len(val_rows),
                        "examples": len(examples), "queries_sha256": query_files_sha256(query_files or {})},
               "val_metric": VAL_METRIC, "val_note": "epoch 0 = the BM25+dense candidates' own order", **log_}
+    v = record["val_by_epoch"]
+    record["beats_first_stage"] = None if v[0] is None else bool(v[record["selected_epoch"]] > v[0])
+    if record["beats_first_stage"] is False:
+        log.warning("the reranker ranks val worse than its BM25+dense candidates' own order (nDCG@10 %.4f vs %.4f): "
+                    "more questions or epochs are needed before a run should use it", v[record["selected_epoch"]], v[0])
     record["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     return save_model_dir(ce, output_dir, record)
 
