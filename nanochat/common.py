@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,22 +38,24 @@ def atomic_path(final_path: str | os.PathLike):
     """Yield a temporary path in the same directory; rename it onto final_path only on success.
 
     A crash or exception leaves no file at final_path that looks complete (the temp file is removed).
+    The temporary file has final_path's own name, inside a private hidden directory beside it: writers
+    that record their file's name in the file (torch.save names its zip records after it) then write
+    the same bytes on every run, not a random temp name.
     """
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent))
+    tmp_path = tmp_dir / final_path.name
+    tmp_path.touch()
     try:
         yield tmp_path
-        if tmp_path.exists():  # mkstemp makes 0600 files; give the result the usual umask-based mode
+        if tmp_path.exists():  # give the result the usual umask-based mode
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final_path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

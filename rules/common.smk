@@ -10,14 +10,17 @@ from snakemake.utils import validate
 
 # Jobs import nanochat/ and scripts/ from this checkout (no install needed; a SLURM job re-reads this file).
 sys.path.insert(0, workflow.basedir)
+from nanochat.pipeline import code_deps
 from nanochat.pipeline import config as wf_config
+from nanochat.pipeline import jobs as wf_jobs
 from nanochat.pipeline import launch as wf_launch
-from nanochat.retrieval.registry import NEEDS_EMBEDDINGS
+from nanochat.retrieval.registry import NEEDS_EMBEDDINGS, RETRIEVERS
 
-wf_launch.use_checkout(workflow.basedir)
+wf_jobs.use_checkout(workflow.basedir)
 
 
-validate(config, schema="../workflow/schemas/config.schema.yaml")
+# the schema names registries (x-registry) for its lists of choices; validate against it with them filled in
+validate(config, schema=wf_config.write_schema(Path(".snakemake") / "config.schema.json"))
 wf_config.check_config_references(config)
 
 RUNS = sorted(config["runs"])
@@ -39,9 +42,22 @@ def run_cfg(wildcards):
     return config["runs"][wildcards.run]
 
 
-def code(*modules):
-    """Library source files a job runs, tracked as inputs (shell commands are otherwise blind to code edits)."""
-    return wf_launch.code_files(workflow.basedir, *modules)
+def code_of(*entries):
+    """Source files a job runs, tracked as inputs (Snakemake and DVC are otherwise blind to library edits): the
+    import closure of the rule's entry points, its workflow/scripts wrapper or the `-m` modules of its shell
+    command (nanochat/pipeline/code_deps.py). A module that does not exist is an error."""
+    return code_deps.code_of(workflow.basedir, *entries)
+
+
+STAGE_CONFIG = {}  # rule file stem -> the config sections its rules read, declared by reads_config()
+
+
+def reads_config(*keys):
+    """The config sections (or dotted keys) the rules of a file read, declared once at the top of each file under
+    rules/. The DVC stage generated from the file lists them as `params:` (python -m nanochat.pipeline dvc);
+    Snakemake itself tracks each job's own params."""
+    stage = Path(workflow.included_stack[-1].get_path_or_uri(secret_free=True)).stem
+    STAGE_CONFIG[stage] = list(keys)
 
 
 def kb_setting(key):
@@ -178,12 +194,9 @@ def runs_in_mode(mode):
     return "|".join(names) if names else "(?!)"
 
 
-def precompute_code(wildcards):
-    """Code precompute_retrieval runs: the hop loop and its query strategies too for refrag runs."""
-    modules = ["nanochat.retrieval.precompute", "nanochat.retrieval", "nanochat.data.queries"]
-    if run_cfg(wildcards)["mode"] == "refrag":
-        modules.append("nanochat.retrieval.multihop")
-    return code(*modules)
+def dataset_mode_flags(wildcards):
+    """nanochat.rag.dataset's mode flags: `--mode rag`, or multi_hop shards for refrag runs."""
+    return wf_config.dataset_args(run_cfg(wildcards))
 
 
 def hop_flags(wildcards):

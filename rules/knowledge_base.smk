@@ -5,13 +5,15 @@ OUTPUTS: results/kb/<kb>/embeddings.npy (by the fine-tuned encoder of rules/retr
 its kb_id is the content hash every downstream metric carries)
 """
 
+reads_config("knowledge_bases")
+
 
 rule embed_chunks:
     """Encode every chunk with the KB's sentence-transformers model, fine-tuned when set (L2-normalised float32)."""
     input:
         unpack(kb_embedder_inputs),
         chunks="results/kb/{kb}/chunks.parquet",
-        code=code("nanochat.retrieval.embeddings"),
+        code=code_of("workflow/scripts/embed_chunks.py"),
     output:
         embeddings="results/kb/{kb}/embeddings.npy",
         info="results/kb/{kb}/embeddings.json",
@@ -38,7 +40,7 @@ rule build_index:
     input:
         unpack(kb_index_inputs),
         unpack(fusion_inputs),
-        code=code("nanochat.retrieval"),
+        code=code_of("nanochat.retrieval"),
     output:
         manifest="results/kb/{kb}/{kb_type}/manifest.json",
     params:

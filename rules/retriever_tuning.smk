@@ -8,12 +8,14 @@ results/kb/<kb>/questions/queries_{train,val}.jsonl (generated questions), resul
 KB the hard negatives are mined from)
 """
 
+reads_config("knowledge_bases")
+
 
 rule generate_retriever_questions:
     """Questions generated from the documents for a KB without its own (val held out by document)."""
     input:
         kb=text_kb,
-        code=code("nanochat.data.doc_questions"),
+        code=code_of("nanochat.data.doc_questions"),
     output:
         train="results/kb/{kb}/questions/queries_train.jsonl",
         val="results/kb/{kb}/questions/queries_val.jsonl",
@@ -41,7 +43,7 @@ rule embed_chunks_stock:
     """Encode the chunks with the stock model (embedding_model) for the index hard negatives are mined from."""
     input:
         chunks="results/kb/{kb}/chunks.parquet",
-        code=code("nanochat.retrieval.embeddings"),
+        code=code_of("workflow/scripts/embed_chunks.py"),
     output:
         embeddings="results/kb/{kb}/stock_embeddings.npy",
         info="results/kb/{kb}/stock_embeddings.json",
@@ -69,7 +71,7 @@ rule build_stock_index:
         chunks="results/kb/{kb}/chunks.parquet",
         embeddings="results/kb/{kb}/stock_embeddings.npy",
         embedder_info="results/kb/{kb}/stock_embeddings.json",
-        code=code("nanochat.retrieval"),
+        code=code_of("nanochat.retrieval"),
     output:
         manifest="results/kb/{kb}/stock/manifest.json",
     params:
@@ -96,7 +98,7 @@ rule finetune_embedder:
         kb="results/kb/{kb}/stock/manifest.json",
         train=tuning_query("train"),
         val=tuning_query("val"),
-        code=code("nanochat.retrieval.finetune", "nanochat.retrieval.pairs"),
+        code=code_of("nanochat.retrieval.finetune"),
     output:
         model=directory("results/kb/{kb}/embedder"),
     params:
@@ -124,7 +126,7 @@ rule train_reranker:
         kb="results/kb/{kb}/stock/manifest.json",
         train=tuning_query("train"),
         val=tuning_query("val"),
-        code=code("nanochat.retrieval.rerank", "nanochat.retrieval.finetune", "nanochat.retrieval.pairs"),
+        code=code_of("nanochat.retrieval.rerank"),
     output:
         model=directory("results/kb/{kb}/reranker"),
     params:

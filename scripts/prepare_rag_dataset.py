@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from nanochat.cli import ArgumentParser, output_dir
-from nanochat.data.documents import write_jsonl
+from nanochat.data.documents import VALIDATION_MODES, write_jsonl
 
 # -----------------------------------------------------------------------------
 # The example set: a small online shop's help centre. Each query's answer is a span of its document.
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="embedding model for dense/hybrid")
     parser.add_argument("--chunk_tokens", type=int, default=256, help="max tokens per chunk")
     parser.add_argument("--chunk_overlap", type=int, default=32, help="tokens shared by consecutive chunks")
-    parser.add_argument("--validation", choices=["strict", "lenient"], default="strict", help="document validation mode")
+    parser.add_argument("--validation", choices=VALIDATION_MODES, default="strict", help="document validation mode")
     args, rest = parser.parse_known_args(argv)
     if args.mode == "synthetic":
         from nanochat.data import synthetic  # written alongside; imported only when asked for

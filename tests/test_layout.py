@@ -99,7 +99,7 @@ def test_the_guide_cli_refuses_a_file_as_kb_directory(tmp_path):
 
 
 def test_choices_come_from_the_registries():
-    from nanochat.retrieval import evaluate, precompute
+    from nanochat.retrieval import precompute
     from nanochat.retrieval.hop_strategies import ALIASES, NEEDS_MODEL, STRATEGIES
     from nanochat.retrieval.registry import RETRIEVERS
     parser = precompute.build_parser()
@@ -119,7 +119,7 @@ def test_every_hop_strategy_forms_a_query():
 
 def test_sources_registry_converts_a_beir_folder(tmp_path):
     from nanochat.data.queries import load_queries
-    from nanochat.data.sources import SOURCES, get_converter
+    from nanochat.data.sources.registry import SOURCES, get_converter
     assert set(SOURCES) == {"beir", "squad", "hotpotqa"}
     src = tmp_path / "beir"
     (src / "qrels").mkdir(parents=True)

@@ -216,32 +216,40 @@ def test_prompts_shorten_every_document_before_dropping_the_last_hop_and_keep_th
 
 
 @pytest.mark.slow
-def test_workflow_dataset_from_raft_gets_multi_hop_shards(world, tmp_path):
-    """The workflow passes --dataset (nanochat.rag.raft shards, hops flattened) and --retrieval (the multi-hop table):
-    the warm-up must still see the guide's multi_hop retrieval message."""
-    from nanochat.retrieval.precompute import load_precomputed, precompute_retrieval
-    from nanochat.rag.dataset import build_dataset
+def test_workflow_multi_hop_dataset_is_trained_on_as_given_and_equals_the_standalone_build(world, tmp_path):
+    """The workflow's build_dataset makes a refrag run's multi_hop shards (python -m nanochat.rag.dataset --mode
+    refrag): refrag_finetune trains on them as given (nothing rebuilt in the training job), and they hold exactly
+    the examples the script builds for itself without --dataset."""
+    from nanochat.rag import dataset
     from nanochat.rag.shards import load_dataset_shards
+    from nanochat.retrieval.precompute import precompute_retrieval
     from scripts.refrag_finetune import main
     data = world["data"]
     files = {"train": str(data / "queries_train.jsonl"), "val": str(data / "queries_val.jsonl")}
     table = tmp_path / "mh.parquet"
     precompute_retrieval(data / "kb", "simple", files, 2, table, max_hops=2, top_k_per_hop=2, strategy="entities")
-    from nanochat.retrieval.kb import KnowledgeBase
-    flat = build_dataset(KnowledgeBase.load(data / "kb").chunks, load_precomputed(table), files, world["tok"],
-                         tmp_path / "raft", top_k=4, max_seq_len=384, max_doc_length=40)
-    assert "kind" not in flat
-    ckpt = main(["--knowledge_base", str(data / "kb"), "--source", "base", "--model_tag", "t2", "--output_tag", "wf",
-                 "--base_dir", str(world["base"]), "--dataset", str(tmp_path / "raft"), "--retrieval", str(table),
-                 "--queries_train", files["train"], "--queries_val", files["val"], "--max_hops", "2",
-                 "--top_k_per_hop", "2", "--use_rewards", "false", "--max_steps", "1", "--max_seq_len", "384",
-                 "--max_doc_length", "40", "--eval_questions", "1", "--max_new_tokens", "4", "--device", "cpu"])
-    manifest = json.loads((ckpt / "data" / "dataset" / "manifest.json").read_text())
-    assert manifest["kind"] == "multi_hop" and manifest["retrieval"] == str(table)
-    ids, _ = load_dataset_shards(str(ckpt / "data" / "dataset"), "train")[0]
+    world["tok"].save(tmp_path / "tok")
+    dataset.main(["--mode", "refrag", "--knowledge_base", str(data / "kb"), "--retrieval", str(table),
+                  "--queries_train", files["train"], "--queries_val", files["val"], "--tokenizer", str(tmp_path / "tok"),
+                  "--top_k", "2", "--max_seq_len", "384", "--max_doc_length", "40", "--max_hops", "2",
+                  "--hop_strategy", "entities", "--output", str(tmp_path / "wf")])
+    manifest = json.loads((tmp_path / "wf" / "manifest.json").read_text())
+    assert manifest["kind"] == "multi_hop" and manifest["retrieval"] == str(table) and manifest["max_hops"] == 2
+    common = ["--knowledge_base", str(data / "kb"), "--source", "base", "--model_tag", "t2", "--base_dir",
+              str(world["base"]), "--retrieval", str(table), "--queries_train", files["train"], "--queries_val",
+              files["val"], "--max_hops", "2", "--top_k_per_hop", "2", "--use_rewards", "false", "--max_steps", "1",
+              "--max_seq_len", "384", "--max_doc_length", "40", "--eval_questions", "1", "--max_new_tokens", "4",
+              "--device", "cpu"]
+    ckpt = main([*common, "--output_tag", "wf", "--dataset", str(tmp_path / "wf")])
+    assert not (ckpt / "data").exists() and json.loads((ckpt / "done.json").read_text())["step"] == 1
+    ids, _ = load_dataset_shards(str(tmp_path / "wf"), "train")[0]
     hop_start = world["tok"].encode_special("<|hop_start|>")
     assert list(ids).count(hop_start) == 2  # two hops rendered, not one flattened document list
-    assert json.loads((ckpt / "done.json").read_text())["step"] == 1
+    standalone = main([*common, "--output_tag", "standalone"]) / "data" / "dataset"
+    for split in ("train", "val"):
+        a, b = load_dataset_shards(str(tmp_path / "wf"), split), load_dataset_shards(str(standalone), split)
+        assert len(a) == len(b) > 0
+        assert all(list(x[0]) == list(y[0]) and list(x[1]) == list(y[1]) for x, y in zip(a, b))
 
 
 def test_refrag_eval_cli_compares_refrag_rag_and_no_retrieval_on_the_same_questions(world, tmp_path):

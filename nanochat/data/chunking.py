@@ -96,17 +96,28 @@ def chunk_documents(docs: list[dict], chunk_tokens: int = 256, overlap: int = 32
     return rows
 
 
-def chunks_to_frame(rows: list[dict]):
-    """Chunk rows -> DataFrame as stored in chunks.parquet (metadata as a JSON string: Parquet needs one schema)."""
+def chunker_settings(chunk_tokens: int, overlap: int) -> dict:
+    """The settings that made a chunks file: stored with it, and part of a KB's kb_id (never a path)."""
+    return {"chunk_tokens": int(chunk_tokens), "overlap": int(overlap), "tokenizer": TOKENIZER_ID}
+
+
+def chunks_to_frame(rows: list[dict], chunker: dict | None = None):
+    """Chunk rows -> DataFrame as stored in chunks.parquet (metadata as a JSON string: Parquet needs one schema).
+
+    chunker (see chunker_settings) rides in `df.attrs`, which pandas keeps in the Parquet file's metadata,
+    so a KB built later from the file alone knows how its chunks were cut.
+    """
     import pandas as pd
     df = pd.DataFrame(rows, columns=CHUNK_COLUMNS)
+    if chunker:
+        df.attrs["chunker"] = dict(chunker)
     df["metadata"] = [json.dumps(m or {}, ensure_ascii=False, sort_keys=True) for m in df["metadata"]]
     df["source"] = df["source"].astype(object).where(df["source"].notna(), None)
     return df
 
 
-def write_chunks(rows: list[dict], path: str | Path) -> None:
-    df = chunks_to_frame(rows)
+def write_chunks(rows: list[dict], path: str | Path, chunker: dict | None = None) -> None:
+    df = chunks_to_frame(rows, chunker)
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
 
@@ -135,7 +146,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     docs = load_documents(args.input, mode="strict")
     rows = chunk_documents(docs, args.chunk_tokens, args.overlap, show_progress=True)
-    write_chunks(rows, args.output)
+    write_chunks(rows, args.output, chunker_settings(args.chunk_tokens, args.overlap))
     print0(f"wrote {len(rows)} chunks from {len(docs)} documents to {args.output}")
     return 0
 

@@ -25,6 +25,7 @@ from nanochat.data.jsonl import jsonl_lines, write_jsonl  # noqa: F401  (write_j
 MAX_WORDS_WARN = 2000  # the guide's best practices: documents above ~2000 words retrieve poorly
 ALLOWED_CONTROL = {"\n", "\t", "\r"}
 KNOWN_FIELDS = {"id", "title", "content", "source", "metadata"}
+VALIDATION_MODES = ("strict", "lenient")  # strict: any problem is an error; lenient: bad records go to rejected
 
 
 class DocumentValidationError(ValueError):
@@ -171,7 +172,11 @@ def validate_records(records: list, name: str = "<documents>") -> ValidationRepo
 
 
 def documents_from_folder(folder: str | Path) -> list[dict]:
-    """One document per .md/.txt file: id = relative path, title = first `# heading` or the file name."""
+    """One document per .md/.txt file: id = relative path, title = first `# heading` or the file name.
+
+    source is the path relative to the folder too, never where the folder lies: documents (and so a KB's
+    kb_id) must not change when the folder is moved.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"documents folder not found: {folder}")
@@ -184,7 +189,7 @@ def documents_from_folder(folder: str | Path) -> list[dict]:
             raise ValueError(f"{p}:1: content: invalid UTF-8 at byte {e.start}") from None
         heading = re.search(r"^#\s+(.+?)\s*#*\s*$", text, flags=re.M) if p.suffix.lower() == ".md" else None
         title = heading.group(1) if heading else p.stem.replace("_", " ").replace("-", " ")
-        records.append({"id": rel, "title": title, "content": text, "source": str(p)})
+        records.append({"id": rel, "title": title, "content": text, "source": rel})
     if not records:
         raise ValueError(f"{folder}: no .md or .txt files found")
     return records
@@ -197,8 +202,8 @@ def load_documents(path, mode: str = "strict", rejected_path=None, max_errors: i
     lenient: return the valid documents; write bad records (raw line, line number, reasons) to
     `rejected_path` when given, and print a count plus the first reasons either way.
     """
-    if mode not in ("strict", "lenient"):
-        raise ValueError(f"mode must be 'strict' or 'lenient', got {mode!r}")
+    if mode not in VALIDATION_MODES:
+        raise ValueError(f"mode must be one of {', '.join(VALIDATION_MODES)}, got {mode!r}")
     if isinstance(path, (list, tuple)):
         report = validate_records(list(path))
     elif Path(path).is_dir():
@@ -231,7 +236,7 @@ def main(argv=None) -> int:
     parser.add_argument("--input", required=True, help="documents.jsonl or a folder of .md/.txt files")
     parser.add_argument("--output", type=output_file, required=True, help="where to write the valid documents (JSONL)")
     parser.add_argument("--rejected", default=None, help="where to write rejected records (default: next to --output)")
-    parser.add_argument("--mode", choices=["strict", "lenient"], default="strict", help="strict: any problem is an error")
+    parser.add_argument("--mode", choices=VALIDATION_MODES, default="strict", help="strict: any problem is an error")
     parser.add_argument("--max_errors", type=int, default=50, help="problems listed before '... and N more'")
     args = parser.parse_args(argv)
     rejected = args.rejected or str(Path(args.output).with_name("rejected.jsonl"))

@@ -5,8 +5,13 @@ somewhere, and turns a run's config into the CLI flags of the library's entry po
 """
 from __future__ import annotations
 
+import importlib
+import json
 import shlex
+from pathlib import Path
 
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+REGISTRY_KEY = "x-registry"  # a schema node whose allowed values are a registry's names (module.NAME)
 TEXT_KB_TYPE = "simple"  # the index the tokenizer and base model read text from (cheapest to build)
 
 
@@ -65,6 +70,12 @@ def finetune_done_path(config: dict, run: str) -> str:
     mode = config["runs"][run]["mode"]
     return f"{config['base_dir']}/{mode}_checkpoints/{run}/done.json"
 
+def dataset_args(run: dict) -> str:
+    """nanochat.rag.dataset flags of a run's mode: multi_hop shards (documents per hop) for refrag."""
+    if run.get("mode", "rag") == "refrag":
+        return f"--mode refrag --max_hops {run['max_hops']} --hop_strategy {run.get('hop_strategy', 'entities')}"
+    return "--mode rag"
+
 def hop_args(run: dict) -> str:
     """Precompute flags: multi-hop (top_k per hop) for refrag, one hop for rag."""
     if run.get("mode", "rag") == "refrag":
@@ -84,7 +95,10 @@ def finetune_args(config: dict, run_name: str) -> str:
             "--retriever_type", run["retriever_type"], "--top_k", run["top_k"],
             "--num_epochs", t["num_epochs"], "--max_steps", t["max_steps"],
             "--device_batch_size", t["device_batch_size"], "--max_seq_len", t["max_seq_len"],
-            "--max_doc_length", t["max_doc_length"], "--p_gold", t["p_gold"], "--seed", t["seed"]]
+            "--max_doc_length", t["max_doc_length"], "--p_gold", t["p_gold"], "--seed", t["seed"],
+            # periodic checkpoints, so that a killed, timed-out or preempted job resumes mid-run
+            "--save_every", t["save_every"], "--save_every_minutes", t["save_every_minutes"],
+            "--keep_last", t["keep_last"]]
     if run["mode"] == "refrag":
         args += ["--max_hops", run["max_hops"], "--top_k_per_hop", run["top_k"],
                  "--hop_strategy", run.get("hop_strategy", "entities"),
@@ -92,6 +106,47 @@ def finetune_args(config: dict, run_name: str) -> str:
                  "--use_rewards", str(run["use_rewards"]).lower(), "--rl_steps", t["rl_steps"],
                  "--num_samples", t["num_samples"], "--rl_lr_frac", t.get("rl_lr_frac", 0.1)]
     return " ".join(shlex.quote(str(a)) for a in args)
+
+
+# -----------------------------------------------------------------------------
+# The schema's lists of choices come from the registries
+
+def registry_names(ref: str) -> list[str]:
+    """The names a registry offers: `module.NAME` of a dict/tuple, or of a function returning them."""
+    module, _, name = ref.rpartition(".")
+    registry = getattr(importlib.import_module(module), name)
+    return list(registry() if callable(registry) else registry)
+
+
+def schema_with_registries(schema_path=SCHEMA) -> dict:
+    """The config schema with `enum` filled in from each `x-registry` node's registry.
+
+    The schema file names the registry instead of copying its names, so adding a retriever or a hop
+    strategy is its implementation and its registration only; validation still rejects unknown names.
+    """
+    import yaml
+    schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
+
+    def fill(node):
+        if isinstance(node, dict):
+            if REGISTRY_KEY in node:
+                node["enum"] = registry_names(node[REGISTRY_KEY])
+            for value in node.values():
+                fill(value)
+        elif isinstance(node, list):
+            for value in node:
+                fill(value)
+
+    fill(schema)
+    return schema
+
+
+def write_schema(dest, schema_path=SCHEMA) -> str:
+    """schema_with_registries as a JSON file (what snakemake.utils.validate reads); returns its absolute path."""
+    from nanochat.common import atomic_write_text
+    dest = Path(dest).resolve()
+    atomic_write_text(dest, json.dumps(schema_with_registries(schema_path), indent=1))
+    return str(dest)
 
 
 # -----------------------------------------------------------------------------

@@ -22,23 +22,14 @@ DVC_HEADER = """\
 # `snakemake --touch --cores 1` so Snakemake accepts the restored files as up to date.
 """
 
-# Config sections each stage reads (DVC `params:`); the DAG itself comes from Snakemake.
-STAGE_PARAMS = {
-    "documents": ["synthetic", "knowledge_bases"],
-    "knowledge_base": ["knowledge_bases"],
-    "retriever_tuning": ["knowledge_bases"],
-    "model": ["base_dir", "device", "tokenizer", "models"],
-    "retrieval": ["runs", "leakage"],
-    "dataset": ["runs"],
-    "train": ["base_dir", "device", "runs"],
-    "evaluate": ["base_dir", "device", "runs"],
-    "report": [],
-}
-
 DIR_PARAMS = ("outdir", "checkpoint_dir")  # a job param naming a directory it fills: DVC tracks the directory
 
 def snakemake_jobs(snakefile="Snakefile", configfile="config/config.yaml", workdir=".") -> list[dict]:
     """Every job of the full DAG (as with --forceall): rule, rule file, wrapper script, inputs, outputs, params."""
+    return snakemake_dag(snakefile, configfile, workdir)[0]
+
+def snakemake_dag(snakefile="Snakefile", configfile="config/config.yaml", workdir=".") -> tuple[list[dict], dict]:
+    """The job table (see snakemake_jobs) and each rule file's reads_config(...) declaration, in include order."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
                                           ResourceSettings, StorageSettings)
@@ -58,17 +49,41 @@ def snakemake_jobs(snakefile="Snakefile", configfile="config/config.yaml", workd
             script = job.rule.script and os.path.relpath((rule_file.parent / job.rule.script).resolve(), workdir)
             jobs.append({"rule": job.rule.name, "stage": rule_file.stem, "rule_file": os.path.relpath(rule_file, workdir),
                          "script": script, "input": [str(f) for f in job.input], "output": [str(f) for f in job.output],
-                         "params": {k: v for k, v in job.params.items() if isinstance(v, (str, int, float))}})
-    return sorted(jobs, key=lambda j: (j["rule"], j["output"]))
+                         "params": {k: v for k, v in job.params.items() if isinstance(v, (str, int, float))},
+                         "code": [str(f) for f in job.input.get("code", [])], "shell": job.rule.shellcmd})
+        stage_config = stage_params(workflow.globals.get("STAGE_CONFIG", {}), workflow.config, jobs)
+    return sorted(jobs, key=lambda j: (j["rule"], j["output"])), stage_config
+
+def stage_params(declared: dict, config: dict, jobs: list[dict]) -> dict:
+    """Check the rule files' reads_config(...) declarations: every rule file declares, every key exists."""
+    files = {Path(j["rule_file"]).stem: j["rule_file"] for j in jobs if j["rule"] != "all"}
+    problems = [f"{f}: no reads_config(...) line naming the config sections its rules read"
+                for stage, f in sorted(files.items()) if stage not in declared]
+    problems += [f"{files.get(stage, stage)}: reads_config('{key}'): no such config key"
+                 for stage, keys in declared.items() for key in keys if not _has_key(config, key)]
+    if problems:
+        raise ValueError("stage params:\n  " + "\n  ".join(problems))
+    return dict(declared)
+
+def _has_key(d: dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return False
+        d = d[part]
+    return True
 
 def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
-def dvc_stages(jobs: list[dict], configfile: str = "config/config.yaml") -> dict:
-    """Group jobs by rule file into DVC stages: cmd, deps (code + external inputs), params, outs, metrics."""
+def dvc_stages(jobs: list[dict], stage_config: dict, configfile: str = "config/config.yaml", workdir=".") -> dict:
+    """Group jobs by rule file into DVC stages (in include order): cmd, deps (code + external inputs), params
+    (the rule file's reads_config declaration), outs, metrics."""
+    import yaml
+    # DVC reads params from the file itself: a key left to the schema's default is not in it
+    in_file = yaml.safe_load((Path(workdir) / configfile).read_text(encoding="utf-8")) or {}
     jobs = [j for j in jobs if j["rule"] != "all"]
     order = list(dict.fromkeys(j["stage"] for j in jobs))
-    stage_order = [s for s in STAGE_PARAMS if s in order] + [s for s in order if s not in STAGE_PARAMS]
+    stage_order = [s for s in stage_config if s in order] + [s for s in order if s not in stage_config]
     out_dirs = {j["params"][k] for j in jobs for k in DIR_PARAMS if k in j["params"]}
     stages = {}
     for stage in stage_order:
@@ -94,7 +109,7 @@ def dvc_stages(jobs: list[dict], configfile: str = "config/config.yaml") -> dict
         cmd = " ".join(["snakemake", *(shlex.quote(t) for t in targets), "--configfile", configfile,
                         "--replace-workflow-config --cores all --allowed-rules", *rules])
         st = {"cmd": cmd, "deps": sorted(deps | code)}
-        params = STAGE_PARAMS.get(stage, [])
+        params = [k for k in stage_config.get(stage, []) if _has_key(in_file, k)]
         if params:
             st["params"] = [{configfile: params}]
         st["outs"] = outs
@@ -116,14 +131,15 @@ def dvc_plots(jobs: list[dict]) -> list:
                                                                            "title": f"training loss: {j['rule']}"}})
     return plots
 
-def render_dvc_yaml(jobs: list[dict], configfile: str = "config/config.yaml") -> str:
+def render_dvc_yaml(jobs: list[dict], stage_config: dict, configfile: str = "config/config.yaml", workdir=".") -> str:
     import yaml
-    doc = {"stages": dvc_stages(jobs, configfile), "plots": dvc_plots(jobs)}
+    doc = {"stages": dvc_stages(jobs, stage_config, configfile, workdir), "plots": dvc_plots(jobs)}
     return DVC_HEADER + yaml.safe_dump(doc, sort_keys=False, width=120, default_flow_style=False)
 
 def write_or_check(output="dvc.yaml", configfile="config/config.yaml", check=False, workdir=".") -> int:
     """Write dvc.yaml (atomically), or with check=True return 1 and print a diff when it is stale."""
-    text = render_dvc_yaml(snakemake_jobs(configfile=configfile, workdir=workdir), configfile)
+    jobs, stage_config = snakemake_dag(configfile=configfile, workdir=workdir)
+    text = render_dvc_yaml(jobs, stage_config, configfile, workdir)
     path = Path(workdir) / output
     if check:
         current = path.read_text(encoding="utf-8") if path.is_file() else ""

@@ -2,8 +2,11 @@
 
     python -m nanochat.rag.dataset --knowledge_base KB --retrieval retrieval.parquet --queries_train q.jsonl \
         --queries_val v.jsonl --tokenizer TOKDIR --top_k 5 --p_gold 0.8 --output DATASET_DIR
+    python -m nanochat.rag.dataset --mode refrag --retrieval multihop.parquet ... --top_k 3   # documents per hop
 
-(`python -m nanochat.raft` is the same command under its old name.)
+--mode rag: single-hop RAFT conversations (nanochat.rag.raft). --mode refrag: the guide's multi_hop retrieval
+message, one hop per round of the table (nanochat.rag.multihop_data), the warm-up data of scripts.refrag_finetune.
+Either way the shards are a DAG output (rule build_dataset), versioned like every other stage.
 """
 from __future__ import annotations
 
@@ -19,8 +22,11 @@ from nanochat.data.queries import load_queries
 from nanochat.rag.base_tasks import load_base_conversations
 from nanochat.rag.conversation import SYSTEM_PROMPT, ChunkStore
 from nanochat.rag.metrics import ABSTAIN_ANSWER
+from nanochat.rag.multihop_data import build_multihop_examples, encode_multihop
 from nanochat.rag.raft import build_examples
 from nanochat.rag.shards import encode_example, tokenizer_hash, write_shards
+
+MODES = ("rag", "refrag")
 
 
 
@@ -68,14 +74,49 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
+def build_multihop_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dict, tokenizer, output_dir,
+                          top_k_per_hop: int = 3, p_gold: float = 0.8, max_seq_len: int = 512,
+                          max_doc_length: int | None = 300, seed: int = 0, examples_per_shard: int = 4096,
+                          provenance: dict | None = None) -> dict:
+    """REFRAG's warm-up shards: multi_hop RAFT conversations (every gold document with p_gold, else hard
+    negatives and the abstention), shortened to fit max_seq_len; examples that lose their answer when shortened
+    are counted as too_long. Writes manifest.json (kind "multi_hop") last; returns it."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+    store, splits = ChunkStore(kb_chunks), {}
+    for split, path in query_files.items():
+        examples, stats = build_multihop_examples(load_queries(path), table, store, split, top_k_per_hop, p_gold,
+                                                  max_doc_length, seed)
+        encoded = [encode_multihop(tokenizer, e["conversation"], e["cited"], max_seq_len, max_doc_length,
+                                   e["answers"] if e["with_gold"] else None) for e in examples]
+        stats["too_long"] = sum(e is None for e in encoded)  # did not fit (or lost its answer) even when shortened
+        encoded = [e for e in encoded if e is not None]
+        for old in out.glob(f"{split}_*.npz"):
+            old.unlink()
+        stats.update(n_examples=len(encoded), shards=write_shards(encoded, out, split, examples_per_shard),
+                     queries=str(path))
+        splits[split] = stats
+        print0(f"multi-hop {split}: {len(encoded)} examples ({stats['too_long']} too long for max_seq_len "
+               f"{max_seq_len}, {stats['skipped']} without answer/gold)")
+    manifest = {"format": "nanochat-raft-v1", "kind": "multi_hop", "splits": splits, "top_k_per_hop": top_k_per_hop,
+                "p_gold": p_gold, "max_seq_len": max_seq_len, "max_doc_length": max_doc_length,
+                "queries": {k: str(v) for k, v in query_files.items()}, "seed": seed, **(provenance or {})}
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description="Build RAFT training examples from precomputed retrieval and shard them.")
+    p.add_argument("--mode", default="rag", choices=list(MODES),
+                   help="rag: single-hop RAFT conversations; refrag: multi_hop conversations, --top_k documents per hop")
     p.add_argument("--knowledge_base", required=True, help="KB directory (for chunk texts)")
     p.add_argument("--retrieval", required=True, help="retrieval table from python -m nanochat.retrieval.precompute")
     p.add_argument("--queries_train", required=True, help="training queries JSONL")
     p.add_argument("--queries_val", default=None, help="validation queries JSONL (optional)")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
-    p.add_argument("--top_k", type=int, default=5, help="documents in each retrieval message")
+    p.add_argument("--top_k", type=int, default=5, help="documents in each retrieval message (refrag: per hop)")
+    p.add_argument("--max_hops", type=int, default=None, help="refrag: the table's retrieval rounds (recorded)")
+    p.add_argument("--hop_strategy", default=None, help="refrag: how the table's hop queries were formed (recorded)")
     p.add_argument("--p_gold", type=float, default=0.8, help="probability the gold document is present")
     p.add_argument("--max_seq_len", type=int, default=512, help="tokens per example (documents shortened first)")
     p.add_argument("--max_doc_length", type=int, default=300, help="words per document before tokenizing; -1 = no limit")
@@ -103,10 +144,17 @@ def main(argv=None) -> int:
     files = {"train": args.queries_train, **({"val": args.queries_val} if args.queries_val else {})}
     provenance = {"kb_id": kb.kb_id, "retrieval_table_sha256": sha256_file(args.retrieval),
                   "tokenizer_sha256": tokenizer_hash(args.tokenizer)}
+    max_doc_length = None if args.max_doc_length < 0 else args.max_doc_length
+    if args.mode == "refrag":
+        provenance.update(retrieval=str(args.retrieval), max_hops=args.max_hops, hop_strategy=args.hop_strategy)
+        build_multihop_dataset(kb.chunks, table, files, Tokenizer.from_directory(args.tokenizer), args.output,
+                               args.top_k, args.p_gold, args.max_seq_len, max_doc_length, args.seed,
+                               args.examples_per_shard, provenance)
+        return 0
     m = build_dataset(kb.chunks, table, files, Tokenizer.from_directory(args.tokenizer), args.output, args.top_k,
-                      args.p_gold, args.max_seq_len, None if args.max_doc_length < 0 else args.max_doc_length,
-                      args.seed, args.base_tasks, args.base_mix, args.examples_per_shard, provenance, args.turns,
-                      args.p_counterfactual, args.answer_style, args.turn_scope)
+                      args.p_gold, args.max_seq_len, max_doc_length, args.seed, args.base_tasks, args.base_mix,
+                      args.examples_per_shard, provenance, args.turns, args.p_counterfactual, args.answer_style,
+                      args.turn_scope)
     for split, s in m["splits"].items():
         print0(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
     return 0

@@ -14,6 +14,7 @@ import sys
 
 from nanochat.common import print0
 from nanochat.cli import ArgumentParser, output_dir
+from nanochat.data.documents import VALIDATION_MODES
 from nanochat.retrieval.registry import RETRIEVERS
 
 
@@ -31,7 +32,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--precision", default="auto", help="embedding precision: auto|fp32|bf16")
     p.add_argument("--chunk_tokens", type=int, default=256, help="max tokens per chunk (regex word/punct tokens)")
     p.add_argument("--chunk_overlap", type=int, default=32, help="tokens shared by consecutive chunks")
-    p.add_argument("--validation", choices=["strict", "lenient"], default="strict", help="lenient: skip bad records into --rejected")
+    p.add_argument("--validation", choices=VALIDATION_MODES, default="strict", help="lenient: skip bad records into --rejected")
     p.add_argument("--rejected", default=None, help="rejected records file (default: <output>/rejected.jsonl in lenient mode)")
     p.add_argument("--bm25_k1", type=float, default=1.5, help="BM25 term-frequency saturation")
     p.add_argument("--bm25_b", type=float, default=0.75, help="BM25 length normalisation (0 = none, 1 = full)")

@@ -1,5 +1,6 @@
 """Where a fine-tune's data comes from when the workflow does not hand it shards: query files beside the KB
-(or questions generated from the documents), precomputed retrieval, then nanochat.rag.dataset's shards."""
+(or questions generated from the documents), precomputed retrieval, then nanochat.rag.dataset's shards
+(single-hop for RAG, multi_hop for REFRAG), exactly as the workflow's rules make them."""
 from __future__ import annotations
 
 import logging
@@ -62,6 +63,29 @@ def build_rag_dataset(kb_path, args, dataset_dir, work_dir, tokenizer) -> Path:
                "--queries_val", str(files["val"]), "--tokenizer", str(tok_dir), "--top_k", str(args.top_k),
                "--p_gold", str(args.p_gold), "--max_seq_len", str(args.max_seq_len),
                "--max_doc_length", str(args.max_doc_length), "--seed", str(args.seed), "--output", str(dataset_dir)])
+    return Path(dataset_dir)
+
+def build_refrag_dataset(kb, args, dataset_dir, work_dir, tokenizer) -> Path:
+    """Multi-hop retrieval for the queries (precomputed here unless --retrieval names a table), then
+    nanochat.rag.dataset's multi_hop shards: what the workflow's build_dataset rule makes for a refrag run."""
+    from nanochat.rag.dataset import build_multihop_dataset
+    from nanochat.retrieval.precompute import load_precomputed, precompute_retrieval
+    work_dir = Path(work_dir)
+    files, how = resolve_query_files(kb.path, args.queries_train, args.queries_val)
+    if not files:
+        raise FileNotFoundError(f"REFRAG needs multi-hop training questions: pass --queries_train "
+                                f"(none found beside {kb.path})")
+    print0(f"queries: {how}")
+    if "val" not in files:
+        files = split_train_val(files["train"], work_dir, seed=args.seed)
+    table = Path(args.retrieval) if args.retrieval else work_dir / "retrieval_multihop.parquet"
+    if not args.retrieval:
+        precompute_retrieval(kb.path, args.retriever_type, {k: str(v) for k, v in files.items()}, args.top_k_per_hop,
+                             table, max_hops=args.max_hops, top_k_per_hop=args.top_k_per_hop, strategy=args.hop_strategy)
+    build_multihop_dataset(kb.chunks, load_precomputed(table), files, tokenizer, dataset_dir, args.top_k_per_hop,
+                           args.p_gold, args.max_seq_len, None if args.max_doc_length < 0 else args.max_doc_length,
+                           args.seed, provenance={"kb_id": kb.kb_id, "retrieval": str(table), "max_hops": args.max_hops,
+                                                  "hop_strategy": args.hop_strategy})
     return Path(dataset_dir)
 
 def split_train_val(train_path, work_dir, seed: int = 0, val_frac: float = 0.1) -> dict:

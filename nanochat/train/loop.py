@@ -129,7 +129,7 @@ def evaluate_loss(model, batches, device, autocast_ctx) -> float:
         with autocast_ctx:
             loss = model(x, y, loss_reduction="sum")
         total += torch.stack([loss.double(), n.double()])
-    if dist.is_available() and dist.is_initialized():
+    if distributed():
         dist.all_reduce(total)
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
@@ -174,22 +174,44 @@ def autocast_for(device: torch.device):
     import contextlib
     return contextlib.nullcontext()
 
+def distributed() -> bool:
+    """More than one rank. A single torchrun process skips every collective: they are identities there, and
+    they can hang once the torchrun agent (the store's host) is gone, which is when a worker must checkpoint."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
 def wrap_ddp(model, ddp: bool, device: torch.device):
-    """DistributedDataParallel around the model when launched by torchrun; the raw model otherwise."""
-    if not ddp:
+    """DistributedDataParallel around the model when launched by torchrun with several ranks; the raw model
+    otherwise."""
+    if not (ddp and distributed()):
         return model
     from torch.nn.parallel import DistributedDataParallel
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 def all_reduce_mean(value: float, device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not distributed():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item() / dist.get_world_size())
 
+def any_rank(*flags: bool, device="cpu") -> tuple[bool, ...]:
+    """Each flag true if it is true on any rank (so all ranks checkpoint and stop at the same step)."""
+    if not distributed():
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+def supervised_steps(steps_per_epoch: int, num_epochs: int, max_steps: int) -> int:
+    """Optimizer steps of a supervised phase: num_epochs worth, capped by max_steps >= 0 (max_steps alone when
+    num_epochs <= 0)."""
+    n = num_epochs * steps_per_epoch
+    if max_steps >= 0:
+        n = min(n, max_steps) if num_epochs > 0 else max_steps
+    return n
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if distributed():
         dist.barrier()
 
 def set_threads(num_threads: int, device) -> int:

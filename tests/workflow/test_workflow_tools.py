@@ -3,6 +3,7 @@
     python -m pytest -q tests/workflow/test_workflow_tools.py
 """
 import json
+import os
 
 import pytest
 import torch
@@ -35,6 +36,30 @@ def test_prepare_resume_keeps_matching_and_moves_stale(tmp_path):
     assert (ckpt.with_name("run.stale") / "model_000007.pt").is_file()
 
 
+def test_prepare_resume_keeps_a_partial_run_when_only_the_checkpoint_cadence_changed(tmp_path):
+    inp = tmp_path / "dataset.json"
+    inp.write_text("v1")
+    ckpt = tmp_path / "rag_checkpoints" / "run"
+    assert wf_launch.prepare_resume(ckpt, [inp], "--top_k 3 --save_every 0 --keep_last 2") is False
+    _fake_checkpoint(ckpt, 5)
+    assert wf_launch.prepare_resume(ckpt, [inp], "--top_k 3 --save_every 10 --save_every_minutes 5 --keep_last 0")
+    assert (ckpt / "model_000005.pt").is_file()
+
+
+def test_prepare_resume_refuses_a_directory_a_live_trainer_holds(tmp_path):
+    from nanochat.train.checkpoints import TrainerLock
+    inp = tmp_path / "dataset.json"
+    inp.write_text("v1")
+    ckpt = tmp_path / "rag_checkpoints" / "run"
+    lock = TrainerLock(ckpt).acquire()
+    try:
+        with pytest.raises(SystemExit, match=rf"being written by another trainer \(pid {os.getpid()} on host"):
+            wf_launch.prepare_resume(ckpt, [inp], "--top_k 4")
+    finally:
+        lock.release()
+    assert wf_launch.prepare_resume(ckpt, [inp], "--top_k 4") is False
+
+
 def test_mark_checkpoint_picks_last_step(tmp_path):
     ckpt = tmp_path / "base"
     _fake_checkpoint(ckpt, 3, 1.0)
@@ -48,10 +73,11 @@ def test_mark_checkpoint_picks_last_step(tmp_path):
 
 
 def test_torchrun_prefix():
-    assert wf_launch.torchrun_prefix(0) == "torchrun --standalone --nproc_per_node=1"  # CPU fallback
-    assert wf_launch.torchrun_prefix(8) == "torchrun --standalone --nproc_per_node=8"
+    guard = "python -m nanochat.pipeline.launch guard "  # the launcher dies with Snakemake
+    assert wf_launch.torchrun_prefix(0) == guard + "torchrun --standalone --nproc_per_node=1"  # CPU fallback
+    assert wf_launch.torchrun_prefix(8) == guard + "torchrun --standalone --nproc_per_node=8"
     multi = wf_launch.torchrun_prefix(4, nodes=2)
-    assert multi.startswith("srun --nodes=2 --ntasks-per-node=1 torchrun --nnodes=2 --nproc_per_node=4")
+    assert multi.startswith(guard + "srun --nodes=2 --ntasks-per-node=1 torchrun --nnodes=2 --nproc_per_node=4")
     assert "squeue -h -j $SLURM_JOB_ID -o %N" in multi and "--rdzv_backend=c10d" in multi
 
 
@@ -60,9 +86,11 @@ def test_finetune_args_and_hops():
         "knowledge_base": "kb", "model": "tiny", "mode": "refrag", "retriever_type": "bm25", "top_k": 2,
         "max_hops": 3, "use_rewards": False,
         "train": {"num_epochs": 1, "max_steps": 5, "device_batch_size": 2, "max_seq_len": 64,
-                  "max_doc_length": 50, "p_gold": 0.5, "seed": 1, "rl_steps": 3, "num_samples": 2}}}}
+                  "max_doc_length": 50, "p_gold": 0.5, "seed": 1, "rl_steps": 3, "num_samples": 2,
+                  "save_every": 0, "save_every_minutes": 30, "keep_last": 2}}}}
     args = wf_config.finetune_args(config, "r")
     assert "--model_tag kb.tiny --output_tag r --base_dir ck" in args
+    assert "--save_every 0 --save_every_minutes 30 --keep_last 2" in args
     assert args.endswith("--max_hops 3 --top_k_per_hop 2 --hop_strategy entities --max_new_tokens 32 "
                          "--use_rewards false --rl_steps 3 --num_samples 2 --rl_lr_frac 0.1")
     assert wf_config.hop_args(config["runs"]["r"]) == "--max_hops 3 --top_k_per_hop 2 --strategy entities"
@@ -70,15 +98,9 @@ def test_finetune_args_and_hops():
     assert "--hop_strategy titles --max_new_tokens 40" in wf_config.finetune_args(config, "r")
     assert wf_config.hop_args(config["runs"]["r"]).endswith("--strategy titles")
     assert wf_config.hop_args({"mode": "rag"}) == "--max_hops 1"
+    assert wf_config.dataset_args(config["runs"]["r"]) == "--mode refrag --max_hops 3 --hop_strategy titles"
+    assert wf_config.dataset_args({"mode": "rag"}) == "--mode rag"
     assert wf_config.finetune_done_path(config, "r") == "ck/refrag_checkpoints/r/done.json"
-
-
-def test_code_files_skips_missing(tmp_path, monkeypatch):
-    (tmp_path / "pkg" / "sub").mkdir(parents=True)
-    (tmp_path / "pkg" / "a.py").write_text("")
-    (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
-    monkeypatch.chdir(tmp_path)
-    assert wf_launch.code_files(tmp_path, "pkg.a", "pkg.sub", "pkg.missing") == ["pkg/a.py", "pkg/sub/__init__.py"]
 
 
 def test_collect_metrics_requires_kb_id(tmp_path):
