@@ -152,7 +152,7 @@ def write_schema(dest, schema_path=SCHEMA) -> str:
 # -----------------------------------------------------------------------------
 # Retrievers trained on the KB's questions (knowledge_bases.<kb>.finetune_embedder / reranker, runs.<run>.rerank)
 
-FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "hard_negatives", "max_seq_length")
+FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "hard_negatives", "train_seq_length")
 RERANKER_FLAGS = ("epochs", "batch_size", "lr", "hard_negatives", "max_length")
 
 

@@ -27,7 +27,7 @@ from nanochat.retrieval import pairs
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"epochs": 1, "batch_size": 32, "lr": 2e-5, "hard_negatives": 1, "max_seq_length": 0, "warmup": 0.1,
+DEFAULTS = {"epochs": 1, "batch_size": 32, "lr": 2e-5, "hard_negatives": 1, "train_seq_length": 0, "warmup": 0.1,
             "val_pool": 2000, "depth": 30, "seed": 0}
 VAL_METRIC = "ndcg@10"
 
@@ -91,12 +91,17 @@ def query_files_sha256(files: dict) -> dict:
     return {k: sha256_file(v) for k, v in sorted(files.items()) if v}
 
 
-def save_model_dir(model, output_dir, record: dict) -> dict:
-    """Write the model (atomically: a temp directory renamed into place) with training.json beside its files."""
+def save_model_dir(model, output_dir, record: dict, settings_files: dict | None = None) -> dict:
+    """Write the model (atomically: a temp directory renamed into place) with training.json beside its files.
+
+    settings_files: {name: JSON object} written into the directory before its content hash is taken (settings
+    that change what the model outputs, e.g. a reranker's fusion weight); training.json is outside the hash."""
     from nanochat.retrieval.embeddings import LOCAL_ID_PREFIX, model_sha256
     from nanochat.retrieval.kb import atomic_dir
     with atomic_dir(output_dir) as tmp:
         model.save(str(tmp), create_model_card=False)
+        for name, obj in (settings_files or {}).items():
+            atomic_write_json(Path(tmp) / name, obj)
         record = {**record, "model_sha256": model_sha256(tmp)}
         record["model_id"] = LOCAL_ID_PREFIX + record["model_sha256"]
         atomic_write_json(Path(tmp) / "training.json", record)
@@ -124,21 +129,22 @@ def dense_val_score(model, val_rows: list[dict], pool: np.ndarray, texts: list[s
     return pairs.ranking_score([str(r["id"]) for r in val_rows], pool[top], doc_ids, pairs.qrels_of(val_rows), VAL_METRIC)
 
 
-def load_trainable(model_name: str, device, max_seq_length: int = 0):
+def load_trainable(model_name: str, device):
     """A fresh (uncached) SentenceTransformer to train; never shares weights with the encode cache."""
     from sentence_transformers import SentenceTransformer
     from nanochat.retrieval.embeddings import resolve_model_path
-    model = SentenceTransformer(str(resolve_model_path(model_name)), device=str(device), local_files_only=True)
-    if max_seq_length:
-        model.max_seq_length = int(max_seq_length)
-    return model
+    return SentenceTransformer(str(resolve_model_path(model_name)), device=str(device), local_files_only=True)
 
 
 def finetune_embedder(kb, train_rows: list[dict], val_rows: list[dict], output_dir, model: str | None = None,
                       epochs: int = 1, batch_size: int = 32, lr: float = 2e-5, hard_negatives: int = 1,
-                      max_seq_length: int = 0, warmup: float = 0.1, val_pool: int = 2000, depth: int = 30,
+                      train_seq_length: int = 0, warmup: float = 0.1, val_pool: int = 2000, depth: int = 30,
                       seed: int = 0, device=None, query_files: dict | None = None, show_progress: bool = True) -> dict:
-    """Train, select on val, save; returns the training record (also output_dir/training.json)."""
+    """Train, select on val, save; returns the training record (also output_dir/training.json).
+
+    train_seq_length: tokens per passage in the training steps (0 = the model's own). Shorter is cheaper (the
+    cost of a step grows with it); the saved model keeps its own length, so the KB is embedded, and val
+    scored, on whole passages as before."""
     try:  # sentence-transformers >= 6 moved the bi-encoder losses
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     except ImportError:
@@ -159,7 +165,9 @@ def finetune_embedder(kb, train_rows: list[dict], val_rows: list[dict], output_d
     if not examples:
         raise ValueError(f"none of the {len(train_rows)} training questions has a gold doc_id found in {kb.path}")
     pool = pairs.val_pool(len(texts), val_rows, val_lists, doc_ids, val_pool, seed)
-    st = load_trainable(base, device, max_seq_length)
+    st = load_trainable(base, device)
+    encode_len = int(st.max_seq_length)
+    train_len = min(int(train_seq_length), encode_len) if train_seq_length else encode_len
     loss = MultipleNegativesRankingLoss(st)
 
     def batch_inputs(epoch: int):
@@ -172,12 +180,16 @@ def finetune_embedder(kb, train_rows: list[dict], val_rows: list[dict], output_d
         return plan
 
     def loss_fn(cols):
-        features = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in _tokenize(st, c).items()} for c in cols]
+        st.max_seq_length = train_len
+        try:
+            features = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in _tokenize(st, c).items()} for c in cols]
+        finally:
+            st.max_seq_length = encode_len
         return loss(features, None)
 
     # epoch 0 scores the KB's own vectors when it starts from the KB's embedder at the KB's length (no re-encode)
     emb_info = kb.manifest.get("embedding") or {}
-    known = kb.embeddings is not None and model is None and int(emb_info.get("max_seq_length") or 0) == st.max_seq_length
+    known = kb.embeddings is not None and model is None and int(emb_info.get("max_seq_length") or 0) == encode_len
     start_vectors = [np.asarray(kb.embeddings[pool]) if known else None]
 
     def evaluate():
@@ -188,7 +200,7 @@ def finetune_embedder(kb, train_rows: list[dict], val_rows: list[dict], output_d
                                 desc="finetune embedder", show_progress=show_progress)
     record = {"kind": "bi-encoder", "base_model": model_id(base), "loss": "MultipleNegativesRankingLoss",
               "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "hard_negatives": hard_negatives,
-                           "max_seq_length": int(st.max_seq_length), "warmup": warmup, "val_pool": val_pool,
+                           "train_seq_length": train_len, "max_seq_length": encode_len, "warmup": warmup, "val_pool": val_pool,
                            "depth": depth, "seed": seed, "device": str(device)},
               "data": {"kb_id": kb.kb_id, "train_questions": len(train_rows), "val_questions": len(val_rows),
                        "examples": len(examples), "val_pool_chunks": int(len(pool)),
@@ -223,8 +235,8 @@ def main(argv=None) -> int:
     from nanochat.retrieval.kb import KnowledgeBase
     p = ArgumentParser(description="Fine-tune the KB's dense encoder on its questions (selected on val).")
     add_training_args(p, DEFAULTS)
-    p.add_argument("--max_seq_length", type=int, default=DEFAULTS["max_seq_length"],
-                   help="tokens per passage in training and encoding (0 = the model's own, 256 for MiniLM)")
+    p.add_argument("--train_seq_length", type=int, default=DEFAULTS["train_seq_length"],
+                   help="tokens per passage in training steps (0 = the model's own, 256 for MiniLM); the saved model keeps its own")
     p.add_argument("--val_pool", type=int, default=DEFAULTS["val_pool"],
                    help="chunks the val score ranks over (all when the KB has fewer)")
     p.add_argument("--output", type=output_dir, required=True, help="directory for the sentence-transformers model")
@@ -234,7 +246,7 @@ def main(argv=None) -> int:
     val = load_queries(args.val) if args.val else []
     rec = finetune_embedder(kb, train, val, args.output, model=args.model, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, hard_negatives=args.hard_negatives,
-                            max_seq_length=args.max_seq_length, warmup=args.warmup, val_pool=args.val_pool,
+                            train_seq_length=args.train_seq_length, warmup=args.warmup, val_pool=args.val_pool,
                             depth=args.depth, seed=args.seed, device=args.device,
                             query_files={"train": args.train, "val": args.val})
     print0(f"wrote {args.output}: val {VAL_METRIC} by epoch {rec['val_by_epoch']} -> epoch {rec['selected_epoch']}; "
