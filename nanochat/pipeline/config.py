@@ -22,7 +22,8 @@ def get_path(d: dict, dpath: str):
     return d
 
 def check_config_references(config: dict) -> None:
-    """Every run names an existing knowledge base and model size, and k_max >= top_k."""
+    """Every run names an existing knowledge base and model size, k_max >= top_k, and retrievers are tuned on
+    train/val questions only (never a run's test file)."""
     problems = []
     for name, run in config["runs"].items():
         if run["knowledge_base"] not in config["knowledge_bases"]:
@@ -47,7 +48,14 @@ def check_config_references(config: dict) -> None:
         if run.get("rerank") and not kb.get("reranker"):
             problems.append(f"runs.{name}.rerank: knowledge base '{run['knowledge_base']}' has no reranker "
                             f"(set knowledge_bases.{run['knowledge_base']}.reranker)")
+    test_files = {str(r["queries"]["test"]): n for n, r in config["runs"].items() if (r.get("queries") or {}).get("test")}
     for name, kb in config["knowledge_bases"].items():
+        tuning = (kb.get("finetune_embedder") or {}).get("queries")
+        for split, path in (tuning.items() if isinstance(tuning, dict) else ()):
+            if str(path) in test_files:  # retrievers are trained and selected on train/val only
+                problems.append(f"knowledge_bases.{name}.finetune_embedder.queries.{split}: '{path}' is the test file of "
+                                f"runs.{test_files[str(path)]}; the retrievers would be tuned on the questions they are "
+                                "scored on (use the runs' train and val files)")
         if kb.get("reranker") and not kb.get("finetune_embedder"):
             problems.append(f"knowledge_bases.{name}.reranker: it trains on the questions of finetune_embedder, "
                             "which is not set (finetune_embedder: {queries: ..., epochs: 0} keeps the stock encoder)")

@@ -40,6 +40,11 @@ def test_config_checks_name_the_missing_piece():
     cfg["knowledge_bases"]["tiny"].pop("finetune_embedder")
     with pytest.raises(ValueError, match="reranker: it trains on the questions of finetune_embedder"):
         check_config_references(cfg)
+    cfg = yaml.safe_load((ROOT / CONFIG).read_text())
+    q = cfg["runs"]["tiny_rag"]["queries"]
+    cfg["knowledge_bases"]["tiny"]["finetune_embedder"]["queries"] = {"train": q["train"], "val": q["test"]}
+    with pytest.raises(ValueError, match="finetune_embedder.queries.val: .* is the test file of runs.tiny_rag"):
+        check_config_references(cfg)
 
 
 @pytest.mark.slow
