@@ -6,8 +6,11 @@ any retriever and never adds or drops one.
         --output results/kb/x/reranker [--epochs 1 --batch_size 16 --lr 2e-5 --hard_negatives 1]
 
 Loss: sentence-transformers' cross-encoder MultipleNegativesRankingLoss (softmax over the gold passage, the hard
-negatives and a few in-batch negatives). Selection on val: the nDCG@10 of reranking each val question's
-BM25 + dense candidates; epoch 0 is the candidates' own order, so `selected_epoch` 0 means it did not help.
+negatives and a few in-batch negatives). Selection on val, over the val questions' BM25 + dense candidates: the
+epoch, and the weight of a reciprocal-rank fusion of the cross-encoder's order with the first stage's
+(rerank.json: 1 = the cross-encoder's order, 0 = the first stage's, which then skips the cross-encoder). A
+cross-encoder trained on a few hundred questions is weaker than a tuned first stage on its own; the fusion keeps
+what it adds and nothing else, and epoch 0 (the first stage's order) is what it has to beat.
 In a run, `rerank: {depth: N}` applies it inside precompute (training and evaluation read the same ranking).
 """
 from __future__ import annotations
@@ -29,6 +32,9 @@ from nanochat.retrieval.finetune import VAL_METRIC, add_training_args, query_fil
 log = logging.getLogger(__name__)
 DEFAULTS = {"epochs": 1, "batch_size": 16, "lr": 2e-5, "head_lr": 1e-3, "hard_negatives": 1, "max_length": 256,
             "warmup": 0.1, "depth": 30, "seed": 0, "val_depth": 20}
+FUSION_FILE = "rerank.json"  # in the model directory, inside its content hash: how its order meets the first stage's
+RRF_K = 10
+WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 def load_cross_encoder(model_name: str, device, max_length: int = 256):
@@ -41,14 +47,27 @@ def load_cross_encoder(model_name: str, device, max_length: int = 256):
                         local_files_only=True)
 
 
-def rerank_rows(scorer, queries: list[str], idx: np.ndarray, scores: np.ndarray, texts: list[str], depth: int,
-                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder the first `depth` hits of each row (Q, k) by scorer(pairs) -> logits; hits below stay as they were.
+def fused_order(logits: np.ndarray, weight: float, k: int = RRF_K) -> tuple[np.ndarray, np.ndarray]:
+    """(order, score) of one row's head, best first: weight / (k + cross-encoder rank) + (1 - weight) / (k + first-stage
+    rank). Ties keep the first-stage order; weight 1 is the cross-encoder's order and its scores are the logits."""
+    n = len(logits)
+    ce_rank = np.empty(n)
+    ce_rank[np.argsort(-logits, kind="stable")] = np.arange(n)
+    fused = weight / (k + ce_rank) + (1 - weight) / (k + np.arange(n))
+    order = np.argsort(-fused, kind="stable")
+    return order, (logits if weight == 1 else fused)[order].astype(np.float32)
 
-    The reranked part is a permutation of the hits it was given (ties keep the first-stage order); the scores
-    of reranked hits become the cross-encoder's logits.
+
+def rerank_rows(scorer, queries: list[str], idx: np.ndarray, scores: np.ndarray, texts: list[str], depth: int,
+                batch_size: int = 64, weight: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder the first `depth` hits of each row (Q, k) by scorer(pairs) -> logits, fused with the first stage's
+    order by `weight` (fused_order); hits below stay as they were. weight 0 returns the rows untouched (no scoring).
+
+    The reranked part is a permutation of the hits it was given; their scores become the fused scores.
     """
     idx, scores = np.array(idx, copy=True), np.array(scores, dtype=np.float32, copy=True)
+    if weight == 0:
+        return idx, scores
     spans = []
     for r in range(idx.shape[0]):
         head = [c for c in range(min(depth, idx.shape[1])) if idx[r, c] >= 0]
@@ -57,26 +76,28 @@ def rerank_rows(scorer, queries: list[str], idx: np.ndarray, scores: np.ndarray,
     logits = np.asarray(scorer(flat, batch_size), dtype=np.float32).reshape(-1) if flat else np.zeros(0, np.float32)
     pos = 0
     for r, head in enumerate(spans):
-        s = logits[pos:pos + len(head)]
+        order, fused = fused_order(logits[pos:pos + len(head)], weight)
         pos += len(head)
-        order = np.argsort(-s, kind="stable")
         cols = np.asarray(head, dtype=np.int64)
         idx[r, cols] = idx[r, cols[order]]
-        scores[r, cols] = s[order]
+        scores[r, cols] = fused
     return idx, scores
 
 
 class Reranker:
     """A trained cross-encoder directory (python -m nanochat.retrieval.rerank) ready to score pairs."""
 
-    def __init__(self, model_dir, device=None, batch_size: int = 64):
+    def __init__(self, model_dir, device=None, batch_size: int = 64, weight: float | None = None):
         from nanochat.common import resolve_device
         from nanochat.retrieval.embeddings import model_id
         self.model_dir, self.batch_size = str(model_dir), batch_size
         self.id = model_id(self.model_dir)
-        rec = Path(model_dir) / "training.json"
-        if rec.is_file() and json.loads(rec.read_text()).get("beats_first_stage") is False:
-            log.warning("%s did not beat its first stage on val when trained (training.json: beats_first_stage false)",
+        fusion = Path(model_dir) / FUSION_FILE
+        self.weight = float(weight if weight is not None else
+                            json.loads(fusion.read_text())["weight"] if fusion.is_file() else 1.0)
+        if self.weight == 0:
+            log.warning("%s: the cross-encoder did not beat its first stage on val (fusion weight 0), so reranking "
+                        "keeps the first-stage order and costs nothing; more questions or epochs may change that",
                         model_dir)
         self.model = load_cross_encoder(self.model_dir, resolve_device(device))
         self.model.eval()
@@ -100,7 +121,8 @@ class RerankedRetriever(Retriever):
     def search_batch(self, queries: list[str], top_k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = list(queries)
         idx, scores = self.first_stage.search_batch(queries, max(top_k, self.depth))
-        idx, scores = rerank_rows(self.reranker, queries, idx, scores, self.texts, self.depth)
+        idx, scores = rerank_rows(self.reranker, queries, idx, scores, self.texts, self.depth,
+                                  weight=getattr(self.reranker, "weight", 1.0))
         return idx[:, :top_k], scores[:, :top_k]
 
 
@@ -134,7 +156,7 @@ def train_reranker(kb, train_rows: list[dict], val_rows: list[dict], output_dir,
     ce = load_cross_encoder(base, device, max_length)
     loss = MultipleNegativesRankingLoss(ce, num_negatives=min(4, batch_size - 1), scale=1.0,
                                         activation_fn=torch.nn.Identity())  # softmax over raw logits (LCE)
-    state = {"epoch": 0}
+    state = {"epoch": 0, "fusion": []}  # fusion: per epoch, the val score of every weight
 
     def batch_inputs(epoch: int):
         plan = []
@@ -147,18 +169,29 @@ def train_reranker(kb, train_rows: list[dict], val_rows: list[dict], output_dir,
 
     def evaluate():
         if val_cands is None:
+            state["fusion"].append({})
             return None
         if state["epoch"] == 0:  # before training: the first-stage order (the head is still random)
             state["epoch"] += 1
-            return pairs.ranking_score(val_qids, val_cands, doc_ids, val_qrels, VAL_METRIC)
+            first = pairs.ranking_score(val_qids, val_cands, doc_ids, val_qrels, VAL_METRIC)
+            state["fusion"].append({0.0: first})
+            return first
         ce.eval()
+        cache = {}
 
-        def scorer(p, bs):
-            with torch.inference_mode():
-                return ce.predict(p, batch_size=bs, show_progress_bar=False, activation_fn=torch.nn.Identity(),
-                                  convert_to_numpy=True)
-        idx, _ = rerank_rows(scorer, val_q, val_cands, np.zeros(val_cands.shape, np.float32), texts, val_depth)
-        return pairs.ranking_score(val_qids, idx, doc_ids, val_qrels, VAL_METRIC)
+        def scorer(p, bs):  # one cross-encoder pass per epoch, re-fused for every weight
+            if "logits" not in cache:
+                with torch.inference_mode():
+                    cache["logits"] = ce.predict(p, batch_size=bs, show_progress_bar=False,
+                                                 activation_fn=torch.nn.Identity(), convert_to_numpy=True)
+            return cache["logits"]
+        curve = {}
+        for w in WEIGHT_GRID:
+            idx, _ = rerank_rows(scorer, val_q, val_cands, np.zeros(val_cands.shape, np.float32), texts, val_depth,
+                                 weight=w)
+            curve[w] = pairs.ranking_score(val_qids, idx, doc_ids, val_qrels, VAL_METRIC)
+        state["fusion"].append(curve)
+        return max(curve.values())
 
     log_ = train_with_selection(ce, lambda cols: loss(cols, None), batch_inputs, epochs, lr, warmup, evaluate, seed,
                                 desc="train reranker", show_progress=show_progress, keep_start=False,
@@ -170,13 +203,18 @@ def train_reranker(kb, train_rows: list[dict], val_rows: list[dict], output_dir,
               "data": {"kb_id": kb.kb_id, "train_questions": len(train_rows), "val_questions": len(val_rows),
                        "examples": len(examples), "queries_sha256": query_files_sha256(query_files or {})},
               "val_metric": VAL_METRIC, "val_note": "epoch 0 = the BM25+dense candidates' own order", **log_}
-    v = record["val_by_epoch"]
-    record["beats_first_stage"] = None if v[0] is None else bool(v[record["selected_epoch"]] > v[0])
+    curve = state["fusion"][record["selected_epoch"]]
+    # the weight with the best val score; ties go to the lower weight (0: the first stage, no cross-encoder cost)
+    weight = min(curve, key=lambda w: (-round(curve[w], 10), w)) if curve else 1.0
+    record["fusion"] = {"weight": weight, "rrf_k": RRF_K, "val_by_weight": {str(w): round(v, 5) for w, v in curve.items()}}
+    record["val_cross_encoder_only_by_epoch"] = [round(c[1.0], 5) if 1.0 in c else None for c in state["fusion"]]
+    record["beats_first_stage"] = None if not curve else weight > 0
     if record["beats_first_stage"] is False:
-        log.warning("the reranker ranks val worse than its BM25+dense candidates' own order (nDCG@10 %.4f vs %.4f): "
-                    "more questions or epochs are needed before a run should use it", v[record["selected_epoch"]], v[0])
+        log.warning("the cross-encoder does not improve on its BM25+dense candidates' own order on val (cross-encoder "
+                    "alone: nDCG@10 %s vs %.4f): fusion weight 0, so reranking with it keeps the first-stage order",
+                    record["val_cross_encoder_only_by_epoch"][record["selected_epoch"]], record["val_by_epoch"][0])
     record["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    return save_model_dir(ce, output_dir, record)
+    return save_model_dir(ce, output_dir, record, {FUSION_FILE: {"weight": weight, "rrf_k": RRF_K}})
 
 
 def _merged_candidates(lists: dict[str, np.ndarray], depth: int) -> np.ndarray:
