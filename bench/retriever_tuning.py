@@ -47,6 +47,34 @@ def score(retriever, kb, rows: list[dict], top_k: int = 100) -> dict:
     return {**compute_metrics(qrels_of(rows), run, METRICS, scorer="numpy"), "q/s": round(len(rows) / dt, 2)}
 
 
+def score_reranked(first, reranker, kb, rows: list[dict], depth: int, top_k: int = 100) -> dict:
+    """Held-out metrics of `first` reranked by the cross-encoder alone (weight 1) and with its val-tuned fusion
+    weight, from one cross-encoder pass; q/s counts the first stage and that pass."""
+    from nanochat.retrieval.kb import passage_texts
+    from nanochat.retrieval.pairs import qrels_of
+    from nanochat.retrieval.rerank import rerank_rows
+    questions, qids = [r["question"] for r in rows], [str(r["id"]) for r in rows]
+    texts, doc_ids = passage_texts(kb.chunks), kb.chunks["doc_id"].astype(str).to_numpy()
+    first.search_batch(questions[:1], top_k)
+    t0 = time.perf_counter()
+    idx, sc = first.search_batch(questions, top_k)
+    first_s = time.perf_counter() - t0
+    cache = {}
+
+    def scorer(pairs_, bs):
+        if "logits" not in cache:
+            t1 = time.perf_counter()
+            cache["logits"] = reranker(pairs_, bs)
+            cache["s"] = time.perf_counter() - t1
+        return cache["logits"]
+    out = {}
+    for w in dict.fromkeys((1.0, reranker.weight)):
+        ridx, _ = rerank_rows(scorer, questions, idx, sc, texts, depth, weight=w)
+        out[w] = compute_metrics(qrels_of(rows), run_from_indices(qids, ridx, doc_ids), METRICS, scorer="numpy")
+    qps = round(len(rows) / (first_s + cache.get("s", 0.0)), 2)
+    return {w: {**m, "q/s": qps if w else round(len(rows) / first_s, 2)} for w, m in out.items()}
+
+
 def cached(out_dir: Path, settings: dict, train_fn):
     """Reuse a trained model directory whose training.json records the same settings and data; else train."""
     rec_path = out_dir / "training.json"
@@ -89,9 +117,8 @@ def main(argv=None):
     from nanochat.data.queries import write_queries
     from nanochat.retrieval.finetune import finetune_embedder
     from nanochat.retrieval.hybrid import tune_fusion
-    from nanochat.retrieval.kb import passage_texts
     from nanochat.retrieval.pairs import split_queries
-    from nanochat.retrieval.rerank import RerankedRetriever, Reranker, train_reranker
+    from nanochat.retrieval.rerank import Reranker, train_reranker
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DATA), help="BEIR SciFact folder (corpus.jsonl, queries.jsonl, qrels/train.tsv)")
     p.add_argument("--work_dir", default="/tmp/nanochat_bench/retriever_tuning", help="cache of KBs and models")
@@ -100,7 +127,7 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=32, help="embedder batch")
     p.add_argument("--lr", type=float, default=2e-5, help="embedder learning rate")
     p.add_argument("--hard_negatives", type=int, default=1, help="mined negatives per question")
-    p.add_argument("--max_seq_length", type=int, default=0, help="embedder tokens per passage (0 = model's)")
+    p.add_argument("--train_seq_length", type=int, default=0, help="embedder tokens per passage in training (0 = model's)")
     p.add_argument("--rerank", default="true", choices=["true", "false"], help="train and score the reranker")
     p.add_argument("--rerank_epochs", type=int, default=1, help="reranker epochs")
     p.add_argument("--rerank_hard_negatives", type=int, default=1, help="reranker mined negatives per question")
@@ -136,11 +163,11 @@ def main(argv=None):
     res[f"hybrid stock w={fus0['dense_weight']} (val)"] = score(kb0.retriever("hybrid", dense_weight=fus0["dense_weight"]), kb0, heldout)
 
     ft_settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                   "hard_negatives": args.hard_negatives, "max_seq_length": args.max_seq_length, "seed": args.seed,
+                   "hard_negatives": args.hard_negatives, "train_seq_length": args.train_seq_length, "seed": args.seed,
                    "train": sorted(ids["train"]), "val": sorted(ids["val"]), "kb": kb0.kb_id}
     rec, reused = cached(work / "embedder", ft_settings, lambda: finetune_embedder(
         kb0, train, val, work / "embedder", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        hard_negatives=args.hard_negatives, max_seq_length=args.max_seq_length, seed=args.seed))
+        hard_negatives=args.hard_negatives, train_seq_length=args.train_seq_length, seed=args.seed))
     print0(f"fine-tune {'reused' if reused else 'ran'}: val nDCG@10 by epoch {rec['val_by_epoch']} -> epoch "
            f"{rec['selected_epoch']}; {rec['data']['examples']} examples, {rec['wall_seconds']}s wall")
     kb1, encode_s = tuned_kb(docs, work / "kb_tuned", work / "embedder")
@@ -154,7 +181,7 @@ def main(argv=None):
     rr = None
     if args.rerank == "true":
         rr_settings = {"epochs": args.rerank_epochs, "hard_negatives": args.rerank_hard_negatives, "seed": args.seed,
-                       "lr": args.rerank_lr, "max_length": args.rerank_max_length, "loss": "lce",
+                       "lr": args.rerank_lr, "max_length": args.rerank_max_length, "loss": "lce", "fusion": "rrf",
                        "train": sorted(ids["train"]), "val": sorted(ids["val"]), "kb": kb0.kb_id}
         rr, rr_reused = cached(work / "reranker", rr_settings, lambda: train_reranker(
             kb0, train, val, work / "reranker", epochs=args.rerank_epochs, lr=args.rerank_lr,
@@ -162,19 +189,20 @@ def main(argv=None):
         print0(f"reranker {'reused' if rr_reused else 'trained'}: val nDCG@10 {rr['val_by_epoch']} (epoch 0 = "
                f"candidates' order) -> epoch {rr['selected_epoch']}; {rr['wall_seconds']}s wall")
         reranker = Reranker(work / "reranker")
-        first = kb1.retriever("hybrid", dense_weight=w1)
-        res[f"{best_hybrid} + rerank top {args.rerank_depth}"] = score(
-            RerankedRetriever(first, reranker, passage_texts(kb1.chunks), args.rerank_depth), kb1, heldout)
-        first0 = kb0.retriever("bm25")
-        res[f"bm25 + rerank top {args.rerank_depth}"] = score(
-            RerankedRetriever(first0, reranker, passage_texts(kb0.chunks), args.rerank_depth), kb0, heldout)
+        rw = reranker.weight
+        for name, kb_, first in ((best_hybrid, kb1, kb1.retriever("hybrid", dense_weight=w1)),
+                                 ("bm25", kb0, kb0.retriever("bm25"))):
+            got = score_reranked(first, reranker, kb_, heldout, args.rerank_depth)
+            res[f"{name} + cross-encoder top {args.rerank_depth}"] = got[1.0]
+            if rw != 1.0:
+                res[f"{name} + rerank top {args.rerank_depth}, fused w={rw} (val)"] = got[rw]
 
     t809 = None
     if args.time_809:
         t_settings = {**ft_settings, "train": "all 809", "val": None}
         t809, _ = cached(work / "embedder_809", t_settings, lambda: finetune_embedder(
             kb0, rows, [], work / "embedder_809", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            hard_negatives=args.hard_negatives, max_seq_length=args.max_seq_length, seed=args.seed))
+            hard_negatives=args.hard_negatives, train_seq_length=args.train_seq_length, seed=args.seed))
 
     print0(f"\nSciFact held-out train queries ({len(heldout)}), trained on {len(train)}, selected on {len(val)}")
     print0(f"{'retriever':<46}" + "".join(f"{m:>11}" for m in METRICS) + f"{'q/s':>9}")
@@ -188,9 +216,12 @@ def main(argv=None):
            f"{'OK' if h_gain >= 0.02 else 'MISSED'}")
     print0(f"hybrid weight tuned on val: stock {fus0['dense_weight']}, fine-tuned {w1} (curve: {fus1['tuned']['scores']})")
     if rr is not None:
-        key = f"{best_hybrid} + rerank top {args.rerank_depth}"
-        print0(f"reranker over the best hybrid: {res[key]['ndcg@10'] - res[best_hybrid]['ndcg@10']:+.4f} nDCG@10 at "
-               f"{res[key]['q/s']} q/s (first stage alone {res[best_hybrid]['q/s']} q/s); training {rr['wall_seconds']}s")
+        ce = res[f"{best_hybrid} + cross-encoder top {args.rerank_depth}"]
+        fused = res.get(f"{best_hybrid} + rerank top {args.rerank_depth}, fused w={rw} (val)", ce)
+        print0(f"reranker over the best hybrid: cross-encoder alone {ce['ndcg@10'] - res[best_hybrid]['ndcg@10']:+.4f}, "
+               f"fused with the val-tuned weight {rw}: {fused['ndcg@10'] - res[best_hybrid]['ndcg@10']:+.4f} nDCG@10; "
+               f"{ce['q/s']} q/s with the cross-encoder (first stage alone {res[best_hybrid]['q/s']} q/s); "
+               f"training {rr['wall_seconds']}s; val fusion curve {rr['fusion']['val_by_weight']}")
     n_train = rec["data"]["train_questions"]
     print0(f"fine-tune wall time: {rec['wall_seconds']:.0f}s for {n_train} questions x {args.epochs} epoch(s) "
            f"(training {rec['train_seconds']}s, rest = mining + val); re-embedding the corpus {encode_s:.0f}s "

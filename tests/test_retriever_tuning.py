@@ -78,7 +78,7 @@ def tuned(toy_kb, tmp_path_factory):
     out = tmp_path_factory.mktemp("emb") / "embedder"
     try:
         record = finetune_embedder(kb, splits["train"], splits["val"], out, epochs=2, batch_size=6, lr=1e-4,
-                                   hard_negatives=1, max_seq_length=32, show_progress=False)
+                                   hard_negatives=1, train_seq_length=32, show_progress=False)
         fusion = tune_fusion(kb, splits["val"])
     finally:
         mp.undo()
@@ -95,7 +95,7 @@ def test_split_is_deterministic_disjoint_and_by_document_when_asked(shared_data)
     assert ids == {s: {r["id"] for r in v} for s, v in b.items()}  # input order does not matter
     assert sum(map(len, ids.values())) == len(rows) == 809
     assert not (ids["train"] & ids["val"]) and not (ids["heldout"] & (ids["train"] | ids["val"]))
-    assert [len(ids[s]) for s in ("train", "val", "heldout")] == [485, 121, 203]
+    assert [len(ids[s]) for s in ("train", "val", "heldout")] == [485, 122, 202]
     by_doc = pairs.split_queries(toy_rows(), SPLIT, seed=0, by="document")
     docs = {s: {r["doc_ids"][0] for r in v} for s, v in by_doc.items()}
     assert not (docs["train"] & docs["val"]) and not (docs["heldout"] & (docs["train"] | docs["val"]))
@@ -142,6 +142,20 @@ def test_embedder_content_hash_is_the_kb_id(tmp_path, tuned):
     assert kb_id(changed) != original
 
 
+def test_kb_embedded_by_a_local_model_is_named_by_its_hash_wherever_it_sits(toy_kb, tuned, tmp_path):
+    """The one-step build (documents -> KB, the model given as a folder): the manifest, the dense settings and so
+    the kb_id name the weights, not the folder; queries are still encoded by the recorded folder."""
+    from nanochat.retrieval.kb import build_knowledge_base
+    docs, stock = toy_kb
+    copy = shutil.copytree(tuned["dir"], tmp_path / "elsewhere")
+    a = build_knowledge_base(docs, tmp_path / "a", ["dense"], model=str(tuned["dir"]), show_progress=False)
+    b = build_knowledge_base(docs, tmp_path / "b", ["dense"], model=str(copy), show_progress=False)
+    assert a.kb_id == b.kb_id != stock.kb_id
+    assert str(tmp_path) not in json.dumps(a.manifest["identity"]) and str(tuned["dir"]) not in json.dumps(a.manifest["identity"])
+    assert a.manifest["retrievers"]["dense"]["settings"]["model"] == tuned["record"]["model_id"]
+    assert b.retriever("dense").settings["model"] == str(copy.resolve())
+
+
 def test_no_heldout_question_reaches_selection(tuned):
     splits, seen = tuned["splits"], tuned["seen"]
     heldout = {r["question"] for r in splits["heldout"]}
@@ -152,19 +166,22 @@ def test_no_heldout_question_reaches_selection(tuned):
 
 
 def test_tune_fusion_follows_the_retriever_that_works(toy_kb, tmp_path):
-    """Questions that name words of their document: BM25 finds them, stock dense is weaker, so the tuned
-    weight leans to BM25; it is recorded in the manifest and changes the kb_id."""
+    """Questions that name a word of their document: BM25 finds more of them than stock dense, so the tuned
+    weight keeps BM25 in (below 1, dense alone); it is recorded in the manifest and changes the kb_id."""
     import shutil as sh
     from nanochat.retrieval.hybrid import apply_tuned_fusion
     from nanochat.retrieval.kb import KnowledgeBase
     _, kb = toy_kb
     kb = KnowledgeBase.load(sh.copytree(kb.path, tmp_path / "kb"))
-    words = {k: v.split()[1] + " " + v.split()[-2] for k, v in TOPICS.items()}
+    words = {k: v.split()[-2] for k, v in TOPICS.items()}  # one word of the document: BM25 0.90, dense 0.82
     val = [{"id": f"v{k}", "question": f"{WORDS[k]} {w}", "doc_ids": [k]} for k, w in words.items()]
     new = apply_tuned_fusion(kb, val)
     h = new.manifest["retrievers"]["hybrid"]["settings"]
     curve = {float(k): v for k, v in h["tuned"]["scores"].items()}
-    assert h["dense_weight"] < 1.0 and curve[h["dense_weight"]] >= curve[1.0] and curve[h["dense_weight"]] == max(curve.values())
+    grid = sorted(curve)
+    smooth = {w: np.mean([curve[u] for u in grid[max(0, i - 1):i + 2]]) for i, w in enumerate(grid)}
+    assert h["dense_weight"] < 1.0 and curve[h["dense_weight"]] > curve[1.0]
+    assert smooth[h["dense_weight"]] >= max(smooth.values()) - 1e-9  # the best neighbourhood, not a lone peak
     assert new.kb_id != kb.kb_id and new.retriever("hybrid").settings["dense_weight"] == h["dense_weight"]
 
 
@@ -187,6 +204,19 @@ def test_rerank_reorders_within_the_candidates_only():
     assert got.shape == (2, 3) and list(got[0]) == [9, 7, 5] and set(got[0]) <= set(idx[0])
 
 
+def test_fusion_weight_blends_the_cross_encoder_order_with_the_first_stage():
+    from nanochat.retrieval.rerank import fused_order, rerank_rows
+    logits = np.array([0.1, 0.5, 0.9])  # the cross-encoder reverses the first stage's order
+    assert list(fused_order(logits, 1.0)[0]) == [2, 1, 0] and list(fused_order(logits, 0.0)[0]) == [0, 1, 2]
+    assert list(fused_order(logits, 0.5)[0]) == [0, 2, 1]  # a tie between the two tops keeps the first stage's
+    assert list(fused_order(np.array([0.5, 0.4, 0.9]), 0.5)[0]) == [0, 2, 1]  # the last moves up one place
+    assert list(fused_order(np.array([0.5, 0.4, 0.9]), 1.0)[0]) == [2, 0, 1]
+    calls = []
+    idx, scores = np.array([[3, 1, 2]]), np.array([[3.0, 2.0, 1.0]], np.float32)
+    got = rerank_rows(lambda p, bs: calls.append(p) or logits, ["q"], idx, scores, ["a", "b", "c", "d"], 3, weight=0)
+    assert not calls and (got[0] == idx).all() and (got[1] == scores).all()  # weight 0: no cross-encoder pass
+
+
 def test_reranker_trains_on_the_pairs_and_precompute_applies_it(toy_kb, tuned, tmp_path):
     from nanochat.data.queries import write_queries
     from nanochat.retrieval.precompute import precompute_retrieval
@@ -196,6 +226,14 @@ def test_reranker_trains_on_the_pairs_and_precompute_applies_it(toy_kb, tuned, t
     rec = train_reranker(kb, splits["train"], splits["val"], tmp_path / "reranker", epochs=1, batch_size=6, lr=1e-4,
                          hard_negatives=1, max_length=48, val_depth=6, show_progress=False)
     assert rec["selected_epoch"] == 1 and (tmp_path / "reranker" / "training.json").is_file()
+    weight = json.loads((tmp_path / "reranker" / "rerank.json").read_text())["weight"]
+    curve = rec["fusion"]["val_by_weight"]
+    assert weight == rec["fusion"]["weight"] and curve[str(weight)] == max(curve.values()) == rec["val_by_epoch"][1]
+    assert curve["0.0"] == rec["val_by_epoch"][0]  # weight 0 is the first stage's own order
+    from nanochat.retrieval.embeddings import model_id
+    other = shutil.copytree(tmp_path / "reranker", tmp_path / "reranker_w1")
+    (other / "rerank.json").write_text(json.dumps({"weight": 1.0 if weight != 1.0 else 0.5, "rrf_k": 10}))
+    assert model_id(other) != rec["model_id"]  # the fusion weight is part of the reranker's identity
     write_queries(tmp_path / "q.jsonl", splits["heldout"])
     plain = precompute_retrieval(kb.path, "dense", {"test": tmp_path / "q.jsonl"}, 6, tmp_path / "plain.parquet")
     reranked = precompute_retrieval(kb.path, "dense", {"test": tmp_path / "q.jsonl"}, 6, tmp_path / "rr.parquet",
