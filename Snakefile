@@ -29,6 +29,7 @@ wildcard_constraints:
 
 include: "rules/documents.smk"
 include: "rules/knowledge_base.smk"
+include: "rules/retriever_tuning.smk"
 include: "rules/model.smk"
 include: "rules/retrieval.smk"
 include: "rules/dataset.smk"

@@ -214,6 +214,72 @@ def finetune_flags(wildcards):
     return wf_config.finetune_args(config, wildcards.run)
 
 
+def kb_embedder_inputs(wildcards):
+    """The fine-tuned encoder directory, for a KB with finetune_embedder (its chunks are embedded by it)."""
+    if wf_config.kb_finetuned(config, wildcards.kb):
+        return {"embedder": wf_config.embedder_dir(wildcards.kb)}
+    return {}
+
+
+def kb_embedding_model(wildcards):
+    """Params function: the model that embeds the KB's chunks (fine-tuned directory or embedding_model)."""
+    return wf_config.kb_embedding_model(config, wildcards.kb)
+
+
+def fusion_inputs(wildcards):
+    """Val questions of the hybrid index of a KB whose finetune_embedder tunes the fusion weight."""
+    ft = kb_cfg(wildcards).get("finetune_embedder")
+    if wildcards.kb_type == "hybrid" and ft and ft.get("tune_fusion", True):
+        return {"tune_on": wf_config.tuning_queries(config, wildcards.kb, "val")}
+    return {}
+
+
+def fusion_flag(wildcards, input):
+    """`--tune_fusion VAL` when the hybrid weight is tuned on the KB's val questions."""
+    return f"--tune_fusion {input.tune_on}" if "tune_on" in input.keys() else ""
+
+
+def finetune_setting(key):
+    """Params function: one key of the {kb} entry's finetune_embedder block."""
+
+    def setting(wildcards):
+        return kb_cfg(wildcards)["finetune_embedder"][key]
+
+    return setting
+
+
+def tuning_query(split):
+    """Input function: the train or val questions the {kb}'s retrievers are trained on."""
+
+    def query_file(wildcards):
+        return wf_config.tuning_queries(config, wildcards.kb, split)
+
+    return query_file
+
+
+def tuning_flags(block):
+    """Params function: training flags of the {kb} entry's finetune_embedder or reranker block."""
+    keys = wf_config.FINETUNE_FLAGS if block == "finetune_embedder" else wf_config.RERANKER_FLAGS
+
+    def flags(wildcards):
+        return wf_config.training_args(kb_cfg(wildcards)[block], keys)
+
+    return flags
+
+
+def run_reranker(wildcards):
+    """The KB's cross-encoder directory, for a run with rerank."""
+    run = run_cfg(wildcards)
+    return {"reranker": wf_config.reranker_dir(run["knowledge_base"])} if run.get("rerank") else {}
+
+
+def rerank_flags(wildcards, input):
+    """`--rerank_model DIR --rerank_depth N` for a run with rerank, nothing otherwise."""
+    if "reranker" not in input.keys():
+        return ""
+    return f"--rerank_model {input.reranker} {wf_config.rerank_args(config, wildcards.run)}"
+
+
 def final_outputs():
     """Targets of the default target: every run's metrics plus the report."""
     return expand("results/runs/{run}/eval/metrics.json", run=RUNS) + [

@@ -1,7 +1,7 @@
 """Knowledge base: chunk embeddings and one index directory per retriever type.
 
 REQUIRED INPUTS: results/kb/<kb>/chunks.parquet
-OUTPUTS: results/kb/<kb>/embeddings.npy, results/kb/<kb>/<type>/manifest.json (the KB directory; manifest written last,
+OUTPUTS: results/kb/<kb>/embeddings.npy (by the fine-tuned encoder of rules/retriever_tuning.smk when set), results/kb/<kb>/<type>/manifest.json (the KB directory; manifest written last,
 its kb_id is the content hash every downstream metric carries)
 """
 
@@ -9,15 +9,16 @@ reads_config("knowledge_bases")
 
 
 rule embed_chunks:
-    """Encode every chunk with the sentence-transformers model (L2-normalised float32)."""
+    """Encode every chunk with the KB's sentence-transformers model, fine-tuned when set (L2-normalised float32)."""
     input:
+        unpack(kb_embedder_inputs),
         chunks="results/kb/{kb}/chunks.parquet",
         code=code_of("workflow/scripts/embed_chunks.py"),
     output:
         embeddings="results/kb/{kb}/embeddings.npy",
         info="results/kb/{kb}/embeddings.json",
     params:
-        model=kb_setting("embedding_model"),
+        model=kb_embedding_model,
         batch_size=kb_setting("embedding_batch_size"),
     log:
         "logs/embed_chunks/{kb}.log",
@@ -38,6 +39,7 @@ rule build_index:
     """Build the {kb_type} index over the chunks with the guide's CLI; manifest.json marks a complete KB."""
     input:
         unpack(kb_index_inputs),
+        unpack(fusion_inputs),
         code=code_of("nanochat.retrieval"),
     output:
         manifest="results/kb/{kb}/{kb_type}/manifest.json",
@@ -45,6 +47,7 @@ rule build_index:
         outdir=subpath(output.manifest, parent=True),
         embeddings=embeddings_flag,
         model=kb_setting("embedding_model"),
+        tune=fusion_flag,
     log:
         "logs/build_index/{kb}.{kb_type}.log",
     benchmark:
@@ -58,4 +61,4 @@ rule build_index:
         ENV_CPU
     shell:
         "python -m nanochat.retrieval --chunks {input.chunks:q} {params.embeddings} --output {params.outdir:q}"
-        " --type {wildcards.kb_type} --model {params.model:q} > {log:q} 2>&1"
+        " --type {wildcards.kb_type} --model {params.model:q} {params.tune} > {log:q} 2>&1"

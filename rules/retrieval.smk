@@ -8,8 +8,9 @@ reads_config("runs", "leakage")
 
 
 rule precompute_retrieval:
-    """Retrieve k_max chunks per query (per hop for refrag runs) for all three splits."""
+    """Retrieve k_max chunks per query (per hop for refrag runs) for all three splits; reranked when the run asks."""
     input:
+        unpack(run_reranker),
         kb=run_kb,
         train=run_query("train"),
         val=run_query("val"),
@@ -23,6 +24,7 @@ rule precompute_retrieval:
         retriever_type=run_setting("retriever_type"),
         k_max=run_setting("k_max"),
         hops=hop_flags,
+        rerank=rerank_flags,
     log:
         "logs/precompute_retrieval/{run}.log",
     benchmark:

@@ -22,7 +22,8 @@ def get_path(d: dict, dpath: str):
     return d
 
 def check_config_references(config: dict) -> None:
-    """Every run names an existing knowledge base and model size, and k_max >= top_k."""
+    """Every run names an existing knowledge base and model size, k_max >= top_k, and retrievers are tuned on
+    train/val questions only (never a run's test file)."""
     problems = []
     for name, run in config["runs"].items():
         if run["knowledge_base"] not in config["knowledge_bases"]:
@@ -43,6 +44,21 @@ def check_config_references(config: dict) -> None:
                                 f"'{config['runs'][other]['knowledge_base']}', this run '{run['knowledge_base']}'")
         if run.get("k_max", 20) < run.get("top_k", 5):
             problems.append(f"runs.{name}: k_max={run['k_max']} is smaller than top_k={run['top_k']}")
+        kb = config["knowledge_bases"].get(run["knowledge_base"], {})
+        if run.get("rerank") and not kb.get("reranker"):
+            problems.append(f"runs.{name}.rerank: knowledge base '{run['knowledge_base']}' has no reranker "
+                            f"(set knowledge_bases.{run['knowledge_base']}.reranker)")
+    test_files = {str(r["queries"]["test"]): n for n, r in config["runs"].items() if (r.get("queries") or {}).get("test")}
+    for name, kb in config["knowledge_bases"].items():
+        tuning = (kb.get("finetune_embedder") or {}).get("queries")
+        for split, path in (tuning.items() if isinstance(tuning, dict) else ()):
+            if str(path) in test_files:  # retrievers are trained and selected on train/val only
+                problems.append(f"knowledge_bases.{name}.finetune_embedder.queries.{split}: '{path}' is the test file of "
+                                f"runs.{test_files[str(path)]}; the retrievers would be tuned on the questions they are "
+                                "scored on (use the runs' train and val files)")
+        if kb.get("reranker") and not kb.get("finetune_embedder"):
+            problems.append(f"knowledge_bases.{name}.reranker: it trains on the questions of finetune_embedder, "
+                            "which is not set (finetune_embedder: {queries: ..., epochs: 0} keeps the stock encoder)")
     if problems:
         raise ValueError("invalid workflow config:\n  " + "\n  ".join(problems))
 
@@ -139,3 +155,45 @@ def write_schema(dest, schema_path=SCHEMA) -> str:
     dest = Path(dest).resolve()
     atomic_write_text(dest, json.dumps(schema_with_registries(schema_path), indent=1))
     return str(dest)
+
+
+# -----------------------------------------------------------------------------
+# Retrievers trained on the KB's questions (knowledge_bases.<kb>.finetune_embedder / reranker, runs.<run>.rerank)
+
+FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "hard_negatives", "train_seq_length")
+RERANKER_FLAGS = ("epochs", "batch_size", "lr", "hard_negatives", "max_length")
+
+
+def kb_finetuned(config: dict, kb: str) -> bool:
+    return bool(config["knowledge_bases"][kb].get("finetune_embedder"))
+
+
+def embedder_dir(kb: str) -> str:
+    """The fine-tuned sentence-transformers directory of a KB (an output of rule finetune_embedder)."""
+    return f"results/kb/{kb}/embedder"
+
+
+def reranker_dir(kb: str) -> str:
+    return f"results/kb/{kb}/reranker"
+
+
+def kb_embedding_model(config: dict, kb: str) -> str:
+    """What embeds the KB's chunks: its fine-tuned encoder when finetune_embedder is set, else embedding_model."""
+    return embedder_dir(kb) if kb_finetuned(config, kb) else config["knowledge_bases"][kb].get("embedding_model", "all-MiniLM-L6-v2")
+
+
+def tuning_queries(config: dict, kb: str, split: str) -> str:
+    """The train or val question file the KB's retrievers are trained and selected on."""
+    q = config["knowledge_bases"][kb]["finetune_embedder"]["queries"]
+    return f"results/kb/{kb}/questions/queries_{split}.jsonl" if q == "generate" else q[split]
+
+
+def training_args(block: dict, keys) -> str:
+    """`--epochs 1 --batch_size 32 ...` of a finetune_embedder or reranker block (schema defaults filled in)."""
+    return " ".join(f"--{k} {shlex.quote(str(block[k]))}" for k in keys if k in block)
+
+
+def rerank_args(config: dict, run: str) -> str:
+    """Precompute flags of a run's rerank setting (empty when off); the model path is the rule's input."""
+    r = config["runs"][run].get("rerank")
+    return f"--rerank_depth {int(r.get('depth', 20))}" if r else ""

@@ -38,6 +38,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--bm25_b", type=float, default=0.75, help="BM25 length normalisation (0 = none, 1 = full)")
     p.add_argument("--bm25_method", default="lucene", help="bm25s variant: lucene|robertson|atire|bm25l|bm25+")
     p.add_bool("--bm25_stemmer", default=True, help="Snowball English stemming for BM25")
+    p.add_argument("--tune_fusion", default=None,
+                   help="val questions (JSONL with doc_ids): tune the hybrid dense weight on them and record it in the KB")
     # --- query mode
     p.add_argument("--knowledge_base", default=None, help="query this KB instead of building one")
     p.add_argument("--query", action="append", default=None, help="query text (repeatable)")
@@ -75,6 +77,16 @@ def run_build(args) -> int:
         kb = build_knowledge_base(args.documents, args.output, types, model=args.model, chunk_tokens=args.chunk_tokens,
                                   chunk_overlap=args.chunk_overlap, validation=args.validation, precision=args.precision,
                                   bm25_settings=bm25, rejected_path=rejected)
+    if args.tune_fusion:
+        from nanochat.data.queries import load_queries
+        from nanochat.retrieval.hybrid import apply_tuned_fusion
+        if "hybrid" not in kb.retriever_types:
+            raise ValueError("--tune_fusion tunes the hybrid index: build with --type hybrid")
+        kb = apply_tuned_fusion(kb, load_queries(args.tune_fusion))
+        h = kb.manifest["retrievers"]["hybrid"]["settings"]
+        key = h["tuned"]["key"]
+        print0(f"hybrid {key} tuned on {h['tuned']['questions']} val questions: {h[key]} "
+               f"({h['tuned']['metric']} {h['tuned']['scores'][str(h[key])]:.4f})")
     c = kb.manifest["counts"]
     print0(f"Knowledge base ready: {kb.path} ({c['documents']} documents, {c['chunks']} chunks; "
           f"indexes: {', '.join(kb.retriever_types)}; kb_id {kb.kb_id[:12]})")

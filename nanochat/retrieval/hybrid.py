@@ -10,6 +10,11 @@ from 0.35 to 0.55 (0.7301..0.7320) and peaks at 0.45. Both lists are fetched dee
 (max(depth, depth_factor * top_k)) so a document ranked low by one retriever can still surface.
 
 The build writes only `<kb>/hybrid/settings.json`; the dense and bm25 indexes are reused.
+
+Per-KB tuning (`tune_fusion`, or `python -m nanochat.retrieval ... --type hybrid --tune_fusion q_val.jsonl`):
+the dense weight (or rrf_k) that maximises nDCG@10 on val questions, chosen from one pair of candidate lists
+fused many ways; the value and the whole curve go into hybrid/settings.json ("tuned"), hence the manifest
+and the kb_id. A fine-tuned encoder shifts the best weight, which is why it is tuned per KB.
 """
 from __future__ import annotations
 
@@ -99,6 +104,7 @@ class HybridRetriever(Retriever):
         "rrf_k": 60,
         "depth": 100,             # candidates fetched from each retriever: max(depth, depth_factor * top_k)
         "depth_factor": 4,
+        "tuned": None,            # set by tune_fusion: split, metric, questions and the score of every value tried
     }
 
     def __init__(self, dense, sparse, settings: dict):
@@ -147,3 +153,58 @@ class HybridRetriever(Retriever):
         d = self.dense.search_batch(queries, depth)
         b = self.sparse.search_batch(queries, depth)
         return fuse(d, b, top_k, s["fusion"], float(s["dense_weight"]), int(s["rrf_k"]))
+
+
+WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(21))
+RRF_K_GRID = (5, 10, 20, 30, 60, 100, 200)
+
+
+def tune_fusion(kb, rows: list[dict], metric: str = "ndcg@10", fusion: str | None = None, grid=None,
+                top_k: int = 100, split: str = "val") -> dict:
+    """Hybrid settings {fusion, dense_weight | rrf_k, tuned} maximising `metric` over rows (questions with doc_ids).
+
+    Candidate lists are fetched once; each value of the grid only re-fuses them. The value chosen is the one whose
+    score averaged with its grid neighbours' is best: a val set of a hundred questions gives a jagged curve, and a
+    lone peak is more often noise than a better weight. Ties go to the value nearest the default, so a flat curve
+    keeps the measured default.
+    """
+    from nanochat.retrieval.pairs import qrels_of, ranking_score
+    from nanochat.common import sha256_text
+    rows = [r for r in rows if r.get("doc_ids")]
+    if not rows:
+        raise ValueError("tune_fusion needs questions with doc_ids (gold documents)")
+    hyb = kb.retriever("hybrid")
+    s = hyb.settings
+    fusion = fusion or s["fusion"]
+    key, default = ("dense_weight", HybridRetriever.DEFAULTS["dense_weight"]) if fusion == "interpolate" else \
+        ("rrf_k", HybridRetriever.DEFAULTS["rrf_k"])
+    grid = tuple(grid or (WEIGHT_GRID if fusion == "interpolate" else RRF_K_GRID))
+    questions, qids = [r["question"] for r in rows], [str(r["id"]) for r in rows]
+    depth = max(int(s["depth"]), int(s["depth_factor"]) * top_k)
+    d = hyb.dense.search_batch(questions, depth)
+    b = hyb.sparse.search_batch(questions, depth)
+    doc_ids, qrels = kb.chunks["doc_id"].astype(str).to_numpy(), qrels_of(rows)
+    scores = {}
+    for v in grid:
+        kw = {"dense_weight": float(v)} if key == "dense_weight" else {"dense_weight": float(s["dense_weight"]), "rrf_k": int(v)}
+        idx, _ = fuse(d, b, top_k, fusion, **kw)
+        scores[v] = ranking_score(qids, idx, doc_ids, qrels, metric)
+    smooth = {v: float(np.mean([scores[u] for u in grid[max(0, i - 1):i + 2]])) for i, v in enumerate(grid)}
+    best = max(grid, key=lambda v: (round(smooth[v], 10), -abs(float(v) - default)))
+    ids_hash = sha256_text("\n".join(f"{q}\t{t}" for q, t in zip(qids, questions)))
+    return {"fusion": fusion, key: best,
+            "tuned": {"split": split, "metric": metric, "key": key, "questions": len(rows),
+                      "questions_sha256": ids_hash, "selection": "best mean of each value and its grid neighbours",
+                      "scores": {str(v): round(sc, 5) for v, sc in scores.items()}}}
+
+
+def apply_tuned_fusion(kb, rows: list[dict], **kwargs):
+    """Tune the hybrid fusion of a built KB on rows and rebuild its manifest with the result (same chunks,
+    same embeddings; the bm25 and dense indexes are rebuilt with their recorded settings). Returns the new KB."""
+    from nanochat.retrieval.kb import CHUNKS, EMBEDDINGS, build_knowledge_base_from_chunks
+    tuned = tune_fusion(kb, rows, **kwargs)
+    old = {t: dict(v.get("settings") or {}) for t, v in kb.manifest["retrievers"].items()}
+    settings = {"bm25": old.get("bm25", {}), "dense": old.get("dense", {}), "hybrid": {**old["hybrid"], **tuned}}
+    return build_knowledge_base_from_chunks(kb.path / CHUNKS, kb.path, ["hybrid"], embeddings_path=kb.path / EMBEDDINGS,
+                                            embedder_info=dict(kb.manifest["embedding"]), retriever_settings=settings,
+                                            chunker=kb.manifest.get("chunker"), show_progress=False)

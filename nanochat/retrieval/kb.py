@@ -243,6 +243,15 @@ class KnowledgeBase:
 # -----------------------------------------------------------------------------
 # Building
 
+def _model_key(model) -> str:
+    """How a KB names its embedder: a local model directory by its content hash (embeddings.model_id), so the
+    kb_id of a KB embedded by a fine-tuned model follows the weights and never the folder they sit in."""
+    if Path(str(model)).expanduser().is_dir():
+        from nanochat.retrieval.embeddings import model_id
+        return model_id(model)
+    return str(model)
+
+
 def _compute_embeddings(chunks, model: str, precision: str, show_progress: bool):
     try:
         from nanochat.retrieval.embeddings import embedder_info, encode_texts
@@ -297,7 +306,7 @@ def _build(chunks, output_dir, retriever_types, chunker: dict | None, n_document
     types = expand_types(retriever_types)
     settings = dict(retriever_settings or {})
     if "dense" in types:  # queries must be encoded by the model that encoded the chunks
-        emb_model = (embedding_info or {}).get("model") or model
+        emb_model = (embedding_info or {}).get("model") or _model_key(model)
         settings["dense"] = {"model": emb_model, "precision": precision, **settings.get("dense", {})}
     fingerprint = chunks_fingerprint(chunks)
     old = _read_manifest(out)
@@ -331,10 +340,12 @@ def _build(chunks, output_dir, retriever_types, chunker: dict | None, n_document
                 del raw, checked
         else:
             save_npy(out / EMBEDDINGS, _check_embeddings(embeddings, len(chunks), "embeddings"))
-        emb_info = dict(embedding_info or {"model": model, "precision": precision})
+        emb_info = dict(embedding_info or {"model": _model_key(model), "precision": precision})
+        if str(emb_info["model"]).startswith("sha256:") and "model_path" not in emb_info:
+            emb_info["model_path"] = str(Path(str(model)).expanduser().resolve())  # where queries' encoder is loaded from
         emb = np.load(out / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
     elif needs_emb:
-        reuse = emb_info and emb_info.get("model") == model and (out / EMBEDDINGS).is_file()
+        reuse = emb_info and emb_info.get("model") == _model_key(model) and (out / EMBEDDINGS).is_file()
         if reuse:
             emb = _check_embeddings(np.load(out / EMBEDDINGS, mmap_mode="r", allow_pickle=False), len(chunks),
                                     str(out / EMBEDDINGS))

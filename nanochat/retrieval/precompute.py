@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,24 @@ def meta_path(output_path) -> Path:
 
 
 def retrieval_key(query_files: dict, kb_id: str, retriever_type: str, k_max: int, max_hops: int,
-                  top_k_per_hop: int, strategy: str) -> dict:
+                  top_k_per_hop: int, strategy: str, rerank: dict | None = None) -> dict:
     """Everything that determines the table's contents (compared for reuse)."""
     key = {"query_sha256": {s: sha256_file(p) for s, p in sorted(query_files.items())}, "kb_id": kb_id,
            "retriever_type": retriever_type, "k_max": int(k_max), "max_hops": int(max_hops)}
     if max_hops > 1:
         key.update(top_k_per_hop=int(top_k_per_hop), strategy=strategy)
+    if rerank:
+        key["rerank"] = rerank  # the reranker's content id and depth
     return key
+
+
+def use_reranker(manager, model_dir, depth: int) -> dict:
+    """Put a cross-encoder (python -m nanochat.retrieval.rerank) behind the manager's retriever; returns its key."""
+    from nanochat.retrieval.kb import passage_texts
+    from nanochat.retrieval.rerank import RerankedRetriever, Reranker
+    reranker = Reranker(model_dir)
+    manager.retriever = RerankedRetriever(manager.retriever, reranker, passage_texts(manager.kb.chunks), depth)
+    return {"model": reranker.id, "depth": int(depth)}
 
 
 def _single_hop(manager, split: str, queries: list[dict], k_max: int, batch_size: int) -> pd.DataFrame:
@@ -94,11 +106,14 @@ def recall_at_k(table: pd.DataFrame, queries: list[dict], ks) -> dict:
 
 def precompute_retrieval(kb_path, retriever_type: str, query_files: dict, k_max: int, output_path,
                          max_hops: int = 1, top_k_per_hop: int = 3, strategy: str = "append",
-                         batch_size: int = 256, force: bool = False, manager=None) -> dict:
+                         batch_size: int = 256, force: bool = False, manager=None, rerank_model=None,
+                         rerank_depth: int = 20) -> dict:
     """Retrieve top k_max for every query of every split; write Parquet + meta; return the meta.
 
     `manager` (a RetrievalManager) may be passed to reuse a loaded KB; otherwise one is built
     from kb_path. Skips the work when output and meta exist with the same key (unless force).
+    rerank_model: a cross-encoder directory; every search (each hop too) then returns the first stage's
+    top rerank_depth reordered by it, so training and evaluation read the reranked order.
     """
     if k_max < 1:
         raise ValueError(f"k_max={k_max}: must be >= 1")
@@ -106,21 +121,29 @@ def precompute_retrieval(kb_path, retriever_type: str, query_files: dict, k_max:
     if manager is None:
         from nanochat.retrieval import RetrievalManager
         manager = RetrievalManager(retriever_type=retriever_type, knowledge_base_path=str(kb_path))
-    key = retrieval_key(query_files, manager.kb.kb_id, retriever_type, k_max, max_hops, top_k_per_hop, strategy)
+    rerank = None
+    if rerank_model:
+        from nanochat.retrieval.embeddings import model_id
+        rerank = {"model": model_id(rerank_model), "depth": int(rerank_depth)}
+    key = retrieval_key(query_files, manager.kb.kb_id, retriever_type, k_max, max_hops, top_k_per_hop, strategy, rerank)
     mp = meta_path(output_path)
     if not force and output_path.is_file() and mp.is_file():
         old = json.loads(mp.read_text(encoding="utf-8"))
         if old.get("key") == key:
             log.info("retrieval table %s is up to date (same key); skipping", output_path)
             return {**old, "reused": True}
-    tables, recall, counts = [], {}, {}
+    if rerank:
+        use_reranker(manager, rerank_model, rerank_depth)
+    tables, recall, counts, seconds = [], {}, {}, {}
     for split, qpath in query_files.items():
         queries = load_queries(qpath)
+        t0 = time.perf_counter()
         counts[split] = len(queries)
         if max_hops > 1:
             t = _multi_hop(manager, split, queries, max_hops, top_k_per_hop, strategy)
         else:
             t = _single_hop(manager, split, queries, k_max, batch_size)
+        seconds[split] = round(time.perf_counter() - t0, 2)
         top = k_max if max_hops == 1 else top_k_per_hop
         recall[split] = recall_at_k(t, queries, sorted({k for k in (*RECALL_KS, top) if k <= top}))
         tables.append(t)
@@ -129,7 +152,8 @@ def precompute_retrieval(kb_path, retriever_type: str, query_files: dict, k_max:
     with atomic_path(output_path) as tmp:
         table.to_parquet(tmp, index=False)
     meta = {"key": key, "kb_path": str(kb_path), "n_rows": len(table),
-            "n_queries": counts,
+            "n_queries": counts, "seconds": seconds,
+            "queries_per_second": round(sum(counts.values()) / max(sum(seconds.values()), 1e-9), 2),
             "recall": recall, "table_sha256": sha256_file(output_path)}
     atomic_write_json(mp, meta)  # written last: its presence marks a complete table
     return meta
@@ -178,6 +202,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--strategy", default="append", choices=offline_choices(),
                    help="follow-up query strategy (nanochat.retrieval.hop_strategies)")
     p.add_argument("--batch_size", type=int, default=256, help="queries per search_batch call")
+    p.add_argument("--rerank_model", default=None, help="cross-encoder directory (python -m nanochat.retrieval.rerank)")
+    p.add_argument("--rerank_depth", type=int, default=20, help="first-stage hits the cross-encoder reorders")
     p.add_bool("--force", default=False, help="recompute even when the key matches")
     p.add_argument("--output", type=output_file, required=True, help="output .parquet (meta at <output>.meta.json)")
     return p
@@ -187,7 +213,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     meta = precompute_retrieval(args.knowledge_base, args.retriever_type, _parse_split_files(args.queries),
                                 args.k_max, args.output, max_hops=args.max_hops, top_k_per_hop=args.top_k_per_hop,
-                                strategy=args.strategy, batch_size=args.batch_size, force=args.force)
+                                strategy=args.strategy, batch_size=args.batch_size, force=args.force,
+                                rerank_model=args.rerank_model, rerank_depth=args.rerank_depth)
     status = "reused" if meta.get("reused") else "wrote"
     print0(f"{status} {args.output}: {meta['n_rows']} rows; recall {json.dumps(meta['recall'])}")
     return 0

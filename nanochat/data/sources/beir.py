@@ -102,6 +102,13 @@ def load_qrels(path) -> dict[str, dict[str, int]]:
     return qrels
 
 
+def query_rows(queries: dict[str, str], qrels: dict) -> list[dict]:
+    """BEIR queries + qrels -> our query rows {id, question, answers: [], doc_ids}: the qrels' queries with at least
+    one relevant (score > 0) document, sorted by id."""
+    return [{"id": q, "question": queries[q], "answers": [], "doc_ids": sorted(d for d, r in rel.items() if r > 0)}
+            for q, rel in sorted(qrels.items()) if q in queries and any(r > 0 for r in rel.values())]
+
+
 def corpus_to_chunks(docs: list[dict]) -> list[dict]:
     """One chunk per BEIR passage (BEIR passages are already short; chunking would change the task)."""
     from nanochat.data.chunking import count_tokens
