@@ -12,6 +12,7 @@ per-layer residual/x0 lambdas, and a vocabulary padded to a multiple of `pad_voc
 
 Shape letters: B batch, T time, C n_embd, V vocab, H heads, D head dim.
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -200,6 +201,38 @@ class GPT(nn.Module):
         cos, sin = self._precompute_rotary(self.rotary_seq_len, self.config.n_embd // self.config.n_head, self.config,
                                            device=self.lm_head.weight.device)
         self.cos, self.sin = cos, sin
+
+    @torch.no_grad()
+    def grow_vocab(self, new_vocab_size, seed=0):
+        """Rows for token ids vocab_size..new_vocab_size-1 (special tokens added to a trained tokenizer).
+
+        Each new row of wte, lm_head and the value embeddings starts at the mean of the trained rows plus noise of a
+        tenth of their per-channel std: the new tokens look like an average token (their logits start near the
+        average logit, so the trained distribution barely moves) yet are told apart. Padding rows are reused
+        when there are enough. The copy head has no per-token rows. Returns what was done, for the meta."""
+        old, new = self.config.vocab_size, new_vocab_size
+        if new <= old:
+            raise ValueError(f"grow_vocab: new_vocab_size={new} must exceed vocab_size={old}")
+        self.config = dataclasses.replace(self.config, vocab_size=new)
+        rows = self.config.padded_vocab_size
+        gen = torch.Generator().manual_seed(seed)
+
+        def grown(weight):
+            w = weight.detach()
+            if w.size(0) < rows:
+                w = torch.cat([w, w.new_zeros(rows - w.size(0), w.size(1))])
+            trained = w[:old].float()
+            noise = torch.randn(new - old, w.size(1), generator=gen).to(w.device)
+            w[old:new] = (trained.mean(0) + 0.1 * trained.std(0) * noise).to(w.dtype)
+            return nn.Parameter(w, requires_grad=weight.requires_grad)
+
+        embeddings = [self.transformer.wte] + (list(self.value_embeds.values()) if self.config.value_embeds else [])
+        for emb in embeddings:
+            emb.weight = grown(emb.weight)
+            emb.num_embeddings = rows
+        self.lm_head.weight = grown(self.lm_head.weight)
+        self.lm_head.out_features = rows
+        return {"from": old, "to": new, "rows": rows, "init": "mean of trained rows + 0.1 std noise", "seed": seed}
 
     @property
     def has_mamba(self):

@@ -66,7 +66,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def read_encoding(path) -> EncodingState:
     """tokenizer.pkl -> EncodingState, refusing any pickle that is not a plain tiktoken Encoding."""
     path = Path(path)
-    obj = _RestrictedUnpickler(io.BytesIO(path.read_bytes()), str(path)).load()
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(path.read_bytes()), str(path)).load()
+    except RefusedPickle:
+        raise
+    except Exception as e:  # truncated or corrupt: say which file, whatever the unpickler tripped on
+        raise RefusedPickle(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, _EncodingStandIn) or not hasattr(obj, "state"):
         raise RefusedPickle(f"{path}: expected a pickled tiktoken Encoding, found {type(obj).__name__}")
     state = obj.state
