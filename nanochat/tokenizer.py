@@ -135,9 +135,11 @@ class Tokenizer:
         spec = json.loads(self.tok.to_str())
         model = spec.get("model", {})
         merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges", [])]
-        canon = {"vocab": sorted(model.get("vocab", {}).items(), key=lambda kv: kv[1]), "merges": merges,
+        added = spec.get("added_tokens", [])
+        vocab = {**model.get("vocab", {}), **{t["content"]: t["id"] for t in added}}  # wherever a token is stored
+        canon = {"vocab": sorted(vocab.items(), key=lambda kv: kv[1]), "merges": merges,
                  "ignore_merges": bool(model.get("ignore_merges", False)),
-                 "special": sorted((t["id"], t["content"]) for t in spec.get("added_tokens", [])),
+                 "special": sorted((t["id"], t["content"]) for t in added if t.get("special")),
                  "split": split_patterns(spec.get("pre_tokenizer"))}
         return "sha256:" + sha256_text(json.dumps(canon, ensure_ascii=False, separators=(",", ":")))
 

@@ -44,15 +44,18 @@ def unspell(token: str) -> bytes:
 def hf_from_ranks(pat_str: str, ranks: dict[bytes, int], special_tokens: dict[str, int]) -> HFTokenizer:
     """A HF byte-level BPE giving the ids tiktoken gives for these ranks; special tokens keep their ids.
 
-    Special ids must follow the ranks without gaps (as upstream's do), since HF numbers added tokens in order.
+    Ranks and special ids together must be 0..N-1, each once (upstream's: ranks first, then the specials;
+    this project's: specials first).
     """
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:
         raise ValueError(f"ranks lack {len(missing)} single-byte tokens (e.g. {bytes(missing[:3])!r}); "
                          f"a byte-level BPE needs all 256")
-    if sorted(ranks.values()) != list(range(len(ranks))):
-        raise ValueError("ranks must be the ids 0..N-1 (each once)")
+    ids = sorted([*ranks.values(), *special_tokens.values()])
+    if ids != list(range(len(ids))):
+        raise ValueError("ranks and special token ids must together be 0..N-1, each once")
     vocab = {spell(tok): rank for tok, rank in ranks.items()}
+    vocab.update(special_tokens)  # so the special tokens keep their ids wherever they sit
     merges = []
     for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         pairs = [(tok[:i], tok[i:]) for i in range(1, len(tok)) if tok[:i] in ranks and tok[i:] in ranks]
@@ -72,9 +75,10 @@ def hf_from_ranks(pat_str: str, ranks: dict[bytes, int], special_tokens: dict[st
 
 
 def add_special_tokens(hf: HFTokenizer, special_tokens: dict[str, int]) -> None:
-    """Add special tokens at exactly the given ids (which must continue the vocabulary without gaps)."""
+    """Mark special tokens at exactly the given ids: ones already in the vocabulary keep theirs, new ones must
+    continue it without gaps."""
     for name, want in sorted(special_tokens.items(), key=lambda kv: kv[1]):
-        if want != hf.get_vocab_size(with_added_tokens=True):
+        if hf.token_to_id(name) is None and want != hf.get_vocab_size(with_added_tokens=True):
             raise ValueError(f"special token {name!r} has id {want}, but the next free id is "
                              f"{hf.get_vocab_size(with_added_tokens=True)}: ids must follow the vocabulary without gaps")
         hf.add_special_tokens([AddedToken(name, special=True, normalized=False)])
