@@ -132,7 +132,10 @@ def require_mamba(config):
         raise ValueError(
             f"RAG requires Mamba or hybrid models (block_pattern must contain \"M\"), but this model is pure "
             f"transformer: block_pattern={','.join(config.block_pattern)}. Use a model with Mamba blocks:\n"
-            f"--block_pattern \"{suggest_hybrid_pattern(config.n_layer)}\""
+            f"--block_pattern \"{suggest_hybrid_pattern(config.n_layer)}\"\n"
+            f"or turn this one into a hybrid by distillation (attention layers -> Mamba, upstream nanochat models too):\n"
+            f"python -m scripts.hybridize --source base --model_tag TAG --knowledge_base KB "
+            f"--block_pattern {suggest_hybrid_pattern(config.n_layer)}"
         )
 
 

@@ -255,3 +255,24 @@ def test_grow_vocab_keeps_the_function_and_the_rows(era, tmp_path):
     again, tok2, meta2 = load_model("base", "cpu", "eval", model_tag="g", base_dir=tmp_path)
     assert "era" not in meta2 and tok2.content_hash() == tok.content_hash()
     assert torch.equal(logits_of(again, ref["ids"][1]), logits_of(model, ref["ids"][1]))
+
+
+def test_nanochat_turbo_fields_are_accepted(tmp_path):
+    """The fork writes block_pattern as a list and mamba_use_mlp, with Mamba-1 blocks without an MLP."""
+    from nanochat.upstream import detect_era
+    fields = {"sequence_len": 64, "vocab_size": 300, "n_layer": 2, "n_head": 2, "n_kv_head": 2, "n_embd": 32,
+              "block_pattern": ["T", "M"], "mamba_d_state": 8, "mamba_d_conv": 4, "mamba_expand": 2,
+              "mamba_use_mlp": False}
+    assert detect_era(fields) == "turbo"
+    config, _ = config_from_meta(fields)
+    assert config.mamba_version == 1 and config.block_pattern == ["T", "M"]
+    model = GPT(config)
+    model.init_weights()
+    assert model.transformer.h[1].mlp is None and not any(".h.1.mlp." in k for k in model.state_dict())
+    shutil.copytree(ERAS["2025-11"] / "tokenizer", tmp_path / "tokenizer")
+    save = tmp_path / "base_checkpoints" / "turbo"
+    save.mkdir(parents=True)
+    torch.save(model.state_dict(), save / "model_000001.pt")
+    (save / "meta_000001.json").write_text(json.dumps({"step": 1, "model_config": fields}))
+    loaded, tok, meta = load_model("base", "cpu", "eval", base_dir=tmp_path)
+    assert meta["era"] == "turbo" and loaded.config.mamba_use_mlp is False and tok.get_vocab_size() == 308
