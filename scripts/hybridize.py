@@ -5,7 +5,8 @@ initialised from the attention weights, then distil from the original model on t
     torchrun --standalone --nproc_per_node=8 -m scripts.hybridize --source sft --model_tag d20 --block_pattern ...
 
 Reads <base_dir>/<source>_checkpoints/<model_tag>/ (upstream nanochat's included) and writes the student to
-<base_dir>/<source>_checkpoints/<output_tag>/ (default hybrid-<model_tag>), loadable with the same --source.
+<output_base_dir or base_dir>/<source>_checkpoints/<output_tag>/ (default hybrid-<model_tag>), loadable with
+the same --source.
 Its meta records the lineage (teacher, pattern, steps, init). Checkpoints every --save_every steps (model,
 optimizer, loader cursor and RNG): --resume continues a killed run with the same data order.
 metrics.csv: loss = the distillation loss, val_loss = KL(teacher || student) on held-out rows.
@@ -55,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--num_threads", type=int, default=-1, help="CPU threads per process (-1 = auto)")
     p.add_argument("--seed", type=int, default=0, help="init and data-order seed")
     p.add_argument("--base_dir", default=None, help="default $NANOCHAT_BASE_DIR or ~/.cache/nanochat")
+    p.add_argument("--output_base_dir", default=None, help="where the student goes (default: --base_dir)")
     p.add_argument("--run", default="dummy", help="wandb run name (dummy = no wandb)")
     return p.parse_args(argv)
 
@@ -79,7 +81,8 @@ def main(argv=None):
     teacher_tag = args.model_tag or tmeta.get("model_tag") or "teacher"
     kind = SOURCES.get(args.source, "base")
     out_tag = args.output_tag or f"hybrid-{teacher_tag}"
-    ckpt_dir = base_dir / f"{kind}_checkpoints" / out_tag
+    out_base = get_base_dir(args.output_base_dir) if args.output_base_dir else base_dir
+    ckpt_dir = out_base / f"{kind}_checkpoints" / out_tag
     student, replaced = build_student(teacher, args.block_pattern, init=args.init, seed=args.seed)
     trainable_parameters(student, replaced, args.train)
     n_train = sum(p.numel() for p in student.parameters() if p.requires_grad)

@@ -133,8 +133,9 @@ def test_an_upstream_jul_2026_model_hybridizes(world, tmp_path):
     a = args(world, "--steps", "3", "--eval_every", "-1")
     a[a.index("--model_tag") + 1], a[a.index("--block_pattern") + 1] = "d4", "T,M,T,T"
     a[a.index("--base_dir") + 1] = str(tmp_path)
-    ckpt = hybridize.main(a)
-    student, tok, meta = load_model("base", "cpu", "eval", model_tag="hybrid-d4", base_dir=tmp_path)
+    ckpt = hybridize.main(a + ["--output_base_dir", str(tmp_path / "mine")])  # the user's base dir stays as it was
+    assert ckpt == tmp_path / "mine" / "base_checkpoints" / "hybrid-d4" and not (tmp_path / "base_checkpoints" / "hybrid-d4").exists()
+    student, tok, meta = load_model("base", "cpu", "eval", model_tag="hybrid-d4", base_dir=tmp_path / "mine")
     assert meta["lineage"]["teacher"]["era"] == "2026-07" and "era" not in meta
     assert sorted(student.value_embeds) == ["3"] and student.transformer.h[1].kind == "M"
     assert student.config.smear and student.config.window_pattern == "SSSL" and student.config.vocab_size == 308
