@@ -90,13 +90,14 @@ def is_upstream(era: str) -> bool:
 # the GPTConfig options that tell the eras apart (block types and the copy head are checked by the exporter)
 FEATURES = ("rotary_base", "qk_scale", "window_pattern", "value_embeds", "smear", "backout", "layer_lambdas",
             "pad_vocab_size_to")
-# differs only in rounding (upstream itself rounds the tables by device): noted on export, never a blocker
-ROUNDING = ("rotary_bf16",)
 
 
 def era_differences(config, era: str) -> list[str]:
     """What keeps `config` from being exactly this upstream era's model (empty: representable)."""
     e = ERAS[era]
     want, _ = config_from_meta({k: getattr(config, k) for k in e.fields})
-    return [f"{name}={getattr(config, name)!r} where {e.description} has {getattr(want, name)!r}"
-            for name in FEATURES if getattr(config, name) != getattr(want, name)]
+    diffs = [f"{name}={getattr(config, name)!r} where {e.description} has {getattr(want, name)!r}"
+             for name in FEATURES if getattr(config, name) != getattr(want, name)]
+    if "window_pattern" in e.fields and config.window_pattern is None:
+        diffs.append(f"window_pattern=None where {e.description} needs a pattern (\"L\" = full context)")
+    return diffs
