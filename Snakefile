@@ -25,7 +25,7 @@ wildcard_constraints:
     kb="|".join(KBS),
     run="|".join(RUNS),
     size="|".join(sorted(config["models"])),
-    kb_type="simple|bm25|dense|hybrid",
+    kb_type="|".join(RETRIEVERS),
 
 include: "rules/documents.smk"
 include: "rules/knowledge_base.smk"

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanochat.embeddings import cpu_has_fast_bf16, encode_texts, load_model, resolve_precision
+from nanochat.retrieval.embeddings import cpu_has_fast_bf16, encode_texts, load_model, resolve_precision
 
 DATA = Path("/work/shared/data/scifact")
 
@@ -55,7 +55,7 @@ def ndcg_for(precision, docs, queries, qrels, work_dir, batch_size, device):
     """SciFact train nDCG@10 with passages AND queries encoded at `precision` (cached corpus embeddings)."""
     import faiss
     from nanochat.common import atomic_path
-    from nanochat.retrieval_eval import compute_metrics, run_from_indices
+    from nanochat.retrieval.evaluate import compute_metrics, run_from_indices
     cache = Path(work_dir) / f"scifact_{len(docs)}_{precision}.npy"
     if cache.is_file():
         emb = np.load(cache, allow_pickle=False)
@@ -88,7 +88,7 @@ def subsample(docs, qrels, n, seed=0):
 
 
 def main(argv=None):
-    from nanochat.beir import load_corpus, load_qrels, load_queries
+    from nanochat.data.sources.beir import load_corpus, load_qrels, load_queries
     from nanochat.cli import ArgumentParser
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--passages", type=int, default=128, help="SciFact passages to encode per precision")

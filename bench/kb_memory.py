@@ -56,7 +56,7 @@ def reset_peak() -> float:
 def synth_chunks(n: int):
     """n unique passages: SciFact abstracts, copies perturbed (one word dropped, a variant tag added)."""
     import pandas as pd
-    from nanochat.beir import load_corpus
+    from nanochat.data.sources.beir import load_corpus
     base = load_corpus(DATA / "corpus.jsonl")
     ids, titles, contents = [], [], []
     for i in range(n):
@@ -82,7 +82,7 @@ def write_embeddings(path: Path, chunks, fake: bool, seed: int = 0) -> None:
             x = rng.standard_normal((min(BLOCK, len(chunks) - s), DIM), dtype=np.float32)
             mm[s:s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
     else:
-        from nanochat.embeddings import encode_texts
+        from nanochat.retrieval.embeddings import encode_texts
         from nanochat.retrieval.kb import passage_texts
         encode_texts(passage_texts(chunks), out=mm)
     mm.flush()

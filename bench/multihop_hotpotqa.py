@@ -9,7 +9,7 @@ Metric: the rate at which BOTH supporting paragraphs are among the retrieved doc
 
     python -m bench.multihop_hotpotqa [--types bm25,dense,hybrid,simple] [--work_dir /tmp/hotpotqa_bench]
 
-Builds (once, cached in --work_dir) the corpus with nanochat.hotpotqa and a KB with every index type.
+Builds (once, cached in --work_dir) the corpus with nanochat.data.sources.hotpotqa and a KB with every index type.
 
 Measured (2 shared CPU cores, nice 10, 2026-11-26; `python -m bench.multihop_hotpotqa --types bm25,dense,hybrid,simple`,
 names no longer run across sentence ends):
@@ -26,7 +26,7 @@ focused (names of the sentences that share words with the question) wins on dens
 world's bridges (both gold documents within 1+1 documents on its test questions: 0.900 vs 0.629 for entities);
 entities wins on bm25.
 
-Caveat: the shared data has only this dev subset, so the entity extractor's rules (nanochat.multihop) and
+Caveat: the shared data has only this dev subset, so the entity extractor's rules (nanochat.retrieval.multihop) and
 the 6+4 split were chosen on the same questions they are scored on; read the gains as optimistic by the
 size of the choices made (each ~1 point), not as held-out numbers.
 """
@@ -40,7 +40,7 @@ import numpy as np
 
 from nanochat.cli import ArgumentParser
 from nanochat.common import atomic_write_json
-from nanochat.multihop import multihop_retrieve
+from nanochat.retrieval.multihop import multihop_retrieve
 
 STRATEGIES = ("titles", "passage", "entities", "focused")
 
@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--work_dir", default="/tmp/hotpotqa_bench", help="cache for the converted corpus and KB")
     p.add_argument("--output", default=None, help="write the results JSON here too")
     args = p.parse_args(argv)
-    from nanochat.hotpotqa import convert_hotpotqa
-    from nanochat.queries import load_queries
+    from nanochat.data.sources.hotpotqa import convert_hotpotqa
+    from nanochat.data.queries import load_queries
     from nanochat.retrieval import RetrievalManager, build_knowledge_base
     from nanochat.retrieval.kb import KnowledgeBase
 

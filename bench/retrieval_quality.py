@@ -9,16 +9,14 @@ dense >= 0.62, hybrid >= best single + 0.02 (nDCG@10).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import numpy as np
 
-from nanochat.beir import load_corpus, load_qrels, load_queries
+from nanochat.data.sources.beir import load_corpus, load_qrels, load_queries
 from nanochat.common import atomic_write_json
 from nanochat.retrieval.hybrid import HybridRetriever, fuse
-from nanochat.retrieval_eval import DEFAULT_METRICS, build_or_load_kb, compute_metrics, evaluate_retriever, run_from_indices
+from nanochat.retrieval.evaluate import DEFAULT_METRICS, build_or_load_kb, compute_metrics, evaluate_retriever, run_from_indices
 
 DATA = Path("/work/shared/data/scifact")
 

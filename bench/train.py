@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from nanochat import training as T
+from nanochat.train import loop as T
 from nanochat.cli import ArgumentParser
 from nanochat.common import resolve_device
 

@@ -56,8 +56,40 @@ def read_config_file(path: str | Path) -> dict:
     return values
 
 
+def _unusable_parent(path: Path) -> Path | None:
+    """The first existing ancestor of path that is a file (so path can never be created), else None."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def output_dir(value: str) -> str:
+    """argparse type of a directory an entry point fills: an existing file there is a one-line error."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} exists and is a file, not a directory")
+    if (bad := _unusable_parent(path)) is not None:
+        raise argparse.ArgumentTypeError(f"{value} cannot be created: {bad} is a file")
+    return value
+
+
+def output_file(value: str) -> str:
+    """argparse type of a file an entry point writes: an existing directory there is a one-line error."""
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a directory, not a file")
+    if (bad := _unusable_parent(path)) is not None:
+        raise argparse.ArgumentTypeError(f"{value} cannot be created: {bad} is a file")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with dash/underscore aliases, true/false booleans and an optional config file."""
+    """argparse with dash/underscore aliases, true/false booleans, an optional config file, and errors on one
+    line (`prog: error: ...`): the usage block is what --help is for."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
     def add_argument(self, *names, **kwargs):
         if names and all(n.startswith("--") for n in names):

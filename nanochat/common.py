@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,22 +38,24 @@ def atomic_path(final_path: str | os.PathLike):
     """Yield a temporary path in the same directory; rename it onto final_path only on success.
 
     A crash or exception leaves no file at final_path that looks complete (the temp file is removed).
+    The temporary file has final_path's own name, inside a private hidden directory beside it: writers
+    that record their file's name in the file (torch.save names its zip records after it) then write
+    the same bytes on every run, not a random temp name.
     """
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent))
+    tmp_path = tmp_dir / final_path.name
+    tmp_path.touch()
     try:
         yield tmp_path
-        if tmp_path.exists():  # mkstemp makes 0600 files; give the result the usual umask-based mode
+        if tmp_path.exists():  # give the result the usual umask-based mode
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final_path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -132,3 +135,65 @@ def compute_cleanup() -> None:
     import torch
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
+# CSV: the one writer for per-question tables and per-step logs
+
+def write_csv(path: str | os.PathLike, rows: list[dict], fields: list[str] | None = None) -> Path:
+    """All rows at once, atomically; columns are `fields`, else every key in first-seen order."""
+    import csv
+    fields = fields or list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return Path(path)
+
+
+class CsvLog:
+    """A per-step log that grows one row at a time and survives a resume.
+
+    `fields` are fixed when the log is made: a row with any other key is an error (a column that a
+    refactor forgot must not vanish silently). `resume(step)` keeps the rows up to that step, so a
+    resumed run rewrites exactly the steps after its checkpoint.
+    """
+
+    def __init__(self, path: str | os.PathLike, fields: list[str]):
+        self.path, self.fields = Path(path), list(fields)
+
+    def resume(self, last_step: int | None) -> None:
+        """Start the file over, keeping rows with step <= last_step (None or 0: keep none)."""
+        import csv
+        rows = []
+        if last_step and self.path.exists():
+            with open(self.path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step") and float(r["step"]) <= last_step]
+        write_csv(self.path, rows, self.fields)
+
+    def append(self, **row) -> None:
+        import csv
+        unknown = sorted(set(row) - set(self.fields))
+        if unknown:
+            raise KeyError(f"{self.path}: column(s) {', '.join(unknown)} not among {', '.join(self.fields)}")
+        new = not self.path.exists()
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields)
+            if new:
+                w.writeheader()
+            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in self.fields})
+
+
+def read_csv_columns(path: str | os.PathLike) -> dict[str, list[float]]:
+    """CSV -> columns of floats (empty or non-numeric cells become nan); for plots and tests."""
+    import csv
+    import math
+    cols: dict[str, list] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            for k, v in row.items():
+                try:
+                    cols.setdefault(k, []).append(float(v))
+                except (TypeError, ValueError):
+                    cols.setdefault(k, []).append(math.nan)
+    return cols

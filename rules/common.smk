@@ -1,6 +1,6 @@
 """Config validation, lookup helpers and wildcard constraints shared by every rule file.
 
-The helpers are thin: path conventions and config arithmetic live in nanochat/workflow_tools.py,
+The helpers are thin: path conventions and config arithmetic live in nanochat/pipeline/,
 where tests can reach them without Snakemake.
 """
 import sys
@@ -10,19 +10,23 @@ from snakemake.utils import validate
 
 # Jobs import nanochat/ and scripts/ from this checkout (no install needed; a SLURM job re-reads this file).
 sys.path.insert(0, workflow.basedir)
-from nanochat import workflow_tools as wt
+from nanochat.pipeline import code_deps
+from nanochat.pipeline import config as wf_config
+from nanochat.pipeline import launch as wf_launch
+from nanochat.retrieval.registry import NEEDS_EMBEDDINGS, RETRIEVERS
 
-wt.use_checkout(workflow.basedir)
+wf_launch.use_checkout(workflow.basedir)
 
 
-validate(config, schema="../workflow/schemas/config.schema.yaml")
-wt.check_config_references(config)
+# the schema names registries (x-registry) for its lists of choices; validate against it with them filled in
+validate(config, schema=wf_config.write_schema(Path(".snakemake") / "config.schema.json"))
+wf_config.check_config_references(config)
 
 RUNS = sorted(config["runs"])
 KBS = sorted(config["knowledge_bases"])
 # The tokenizer and base model read the KB text through this index type (cheap to build), so that
 # changing a run's retriever settings never retrains them.
-TEXT_KB_TYPE = wt.TEXT_KB_TYPE
+TEXT_KB_TYPE = wf_config.TEXT_KB_TYPE
 ENV_CPU = "../envs/cpu.yaml"
 ENV_GPU = "../envs/gpu.yaml"
 
@@ -37,9 +41,22 @@ def run_cfg(wildcards):
     return config["runs"][wildcards.run]
 
 
-def code(*modules):
-    """Library source files a job runs, tracked as inputs (shell commands are otherwise blind to code edits)."""
-    return wt.code_files(workflow.basedir, *modules)
+def code_of(*entries):
+    """Source files a job runs, tracked as inputs (Snakemake and DVC are otherwise blind to library edits): the
+    import closure of the rule's entry points, its workflow/scripts wrapper or the `-m` modules of its shell
+    command (nanochat/pipeline/code_deps.py). A module that does not exist is an error."""
+    return code_deps.code_of(workflow.basedir, *entries)
+
+
+STAGE_CONFIG = {}  # rule file stem -> the config sections its rules read, declared by reads_config()
+
+
+def reads_config(*keys):
+    """The config sections (or dotted keys) the rules of a file read, declared once at the top of each file under
+    rules/. The DVC stage generated from the file lists them as `params:` (python -m nanochat.pipeline dvc);
+    Snakemake itself tracks each job's own params."""
+    stage = Path(workflow.included_stack[-1].get_path_or_uri(secret_free=True)).stem
+    STAGE_CONFIG[stage] = list(keys)
 
 
 def kb_setting(key):
@@ -55,7 +72,7 @@ def run_setting(dpath):
     """Params function: one (slash-separated) key of the {run} entry, e.g. "train/max_steps"."""
 
     def setting(wildcards):
-        return wt.get_path(run_cfg(wildcards), dpath)
+        return wf_config.get_path(run_cfg(wildcards), dpath)
 
     return setting
 
@@ -77,7 +94,7 @@ def kb_documents(wildcards):
 def kb_index_inputs(wildcards):
     """Chunks always; embeddings only for index types that need them (dense, hybrid)."""
     inputs = {"chunks": f"results/kb/{wildcards.kb}/chunks.parquet"}
-    if wildcards.kb_type in wt.EMBEDDING_KB_TYPES:
+    if wildcards.kb_type in NEEDS_EMBEDDINGS:
         inputs["embeddings"] = f"results/kb/{wildcards.kb}/embeddings.npy"
         inputs["embedder_info"] = f"results/kb/{wildcards.kb}/embeddings.json"
     return inputs
@@ -123,12 +140,12 @@ def run_base_model(wildcards):
 
 def run_start_model(wildcards):
     """Done-marker of the model a run fine-tunes: the base model, or the init_from rag run's model."""
-    return wt.start_model_done(config, wildcards.run)
+    return wf_config.start_model_done(config, wildcards.run)
 
 
 def base_model_tag(wildcards):
     """Checkpoint tag of the base model of {kb} and {size}."""
-    return wt.base_model_tag(wildcards.kb, wildcards.size)
+    return wf_config.base_model_tag(wildcards.kb, wildcards.size)
 
 
 def base_checkpoint_dir(wildcards):
@@ -139,12 +156,12 @@ def base_checkpoint_dir(wildcards):
 def run_base_model_tag(wildcards):
     """Checkpoint tag of the base model a run starts from."""
     run = run_cfg(wildcards)
-    return wt.base_model_tag(run["knowledge_base"], run["model"])
+    return wf_config.base_model_tag(run["knowledge_base"], run["model"])
 
 
 def run_checkpoint_done(wildcards):
     """done.json the fine-tuning library writes last into the run's checkpoint directory."""
-    return wt.finetune_done_path(config, wildcards.run)
+    return wf_config.finetune_done_path(config, wildcards.run)
 
 
 def run_kb_dir(wildcards):
@@ -157,7 +174,7 @@ def compared_rag_run(wildcards):
     other = run_cfg(wildcards).get("compare_with")
     if other is None:
         return {}
-    return {"rag_model": wt.finetune_done_path(config, other), "rag_retrieval": f"results/runs/{other}/retrieval.parquet"}
+    return {"rag_model": wf_config.finetune_done_path(config, other), "rag_retrieval": f"results/runs/{other}/retrieval.parquet"}
 
 
 def compare_flags(wildcards, input):
@@ -176,27 +193,24 @@ def runs_in_mode(mode):
     return "|".join(names) if names else "(?!)"
 
 
-def precompute_code(wildcards):
-    """Code precompute_retrieval runs: the hop loop and its query strategies too for refrag runs."""
-    modules = ["nanochat.precompute", "nanochat.retrieval", "nanochat.queries"]
-    if run_cfg(wildcards)["mode"] == "refrag":
-        modules.append("nanochat.multihop")
-    return code(*modules)
+def dataset_mode_flags(wildcards):
+    """nanochat.rag.dataset's mode flags: `--mode rag`, or multi_hop shards for refrag runs."""
+    return wf_config.dataset_args(run_cfg(wildcards))
 
 
 def hop_flags(wildcards):
     """Multi-hop precompute flags for refrag runs (the CLI's single-hop default otherwise)."""
-    return wt.hop_args(run_cfg(wildcards))
+    return wf_config.hop_args(run_cfg(wildcards))
 
 
 def torchrun_launcher(wildcards, resources):
     """`torchrun ... --nproc_per_node=<gpu or 1>` (standalone on one node; rendezvous on several)."""
-    return wt.torchrun_prefix(resources.gpu, getattr(resources, "nodes", 1))
+    return wf_launch.torchrun_prefix(resources.gpu, getattr(resources, "nodes", 1))
 
 
 def finetune_flags(wildcards):
     """Fine-tuning CLI flags from the run's config (also the fingerprint that decides --resume)."""
-    return wt.finetune_args(config, wildcards.run)
+    return wf_config.finetune_args(config, wildcards.run)
 
 
 def final_outputs():

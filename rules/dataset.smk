@@ -1,8 +1,11 @@
-"""Training conversations: retrieval messages + question + answer, tokenised with a loss mask (RAFT mix).
+"""Training conversations: retrieval messages + question + answer, tokenised with a loss mask (RAFT mix): single-hop
+for rag runs, the multi_hop message (one block per hop) for refrag runs, whose warm-up trains on them directly.
 
 REQUIRED INPUTS: results/runs/<run>/retrieval.parquet, leakage.json (must pass), the KB's tokenizer
 OUTPUTS: results/runs/<run>/dataset/manifest.json (written last, after the {train,val}_XXXXX.npz shards)
 """
+
+reads_config("runs")
 
 
 rule build_dataset:
@@ -14,7 +17,7 @@ rule build_dataset:
         train=run_query("train"),
         val=run_query("val"),
         tokenizer=run_tokenizer,
-        code=code("nanochat.raft", "nanochat.tokenizer", "nanochat.precompute"),
+        code=code_of("workflow/scripts/build_dataset.py"),
     output:
         manifest="results/runs/{run}/dataset/manifest.json",
     params:
@@ -26,6 +29,7 @@ rule build_dataset:
         max_seq_len=run_setting("train/max_seq_len"),
         max_doc_length=run_setting("train/max_doc_length"),
         seed=run_setting("train/seed"),
+        mode_flags=dataset_mode_flags,
     log:
         "logs/build_dataset/{run}.log",
     benchmark:

@@ -4,11 +4,13 @@ REQUIRED INPUTS: knowledge_bases.<kb>.documents (documents.jsonl), or nothing fo
 OUTPUTS: results/synthetic/*.jsonl, results/kb/<kb>/documents.jsonl (+ rejected.jsonl), results/kb/<kb>/chunks.parquet
 """
 
+reads_config("synthetic", "knowledge_bases")
+
 
 rule synthetic_world:
     """Generate the seeded synthetic world (documents + single/two-hop queries) used by the default config."""
     input:
-        code=code("scripts.prepare_rag_dataset", "nanochat.synthetic"),
+        code=code_of("workflow/scripts/synthetic_world.py"),
     output:
         documents="results/synthetic/documents.jsonl",
         train="results/synthetic/queries_train.jsonl",
@@ -38,7 +40,7 @@ rule validate_documents:
     """Check every document record; keep the valid ones and the rejected ones with their reason."""
     input:
         documents=kb_documents,
-        code=code("nanochat.documents"),
+        code=code_of("workflow/scripts/validate_documents.py"),
     output:
         valid="results/kb/{kb}/documents.jsonl",
         rejected="results/kb/{kb}/rejected.jsonl",
@@ -63,7 +65,7 @@ rule chunk_documents:
     """Split valid documents into overlapping token windows (chunks.parquet)."""
     input:
         documents="results/kb/{kb}/documents.jsonl",
-        code=code("nanochat.chunking"),
+        code=code_of("workflow/scripts/chunk_documents.py"),
     output:
         chunks="results/kb/{kb}/chunks.parquet",
     params:

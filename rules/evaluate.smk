@@ -7,6 +7,8 @@ refrag runs: scripts.refrag_eval (REFRAG vs the compare_with RAG run vs no retri
 recall, reward curve).
 """
 
+reads_config("base_dir", "device", "runs")
+
 
 rule evaluate_run:
     """Answer every test question with the fine-tuned model over precomputed retrieval; score EM/F1/citations."""
@@ -15,7 +17,7 @@ rule evaluate_run:
         model=run_checkpoint_done,
         retrieval="results/runs/{run}/retrieval.parquet",
         test=run_query("test"),
-        code=code("scripts.rag_eval", "nanochat.qa_metrics", "nanochat.engine", "nanochat.checkpoint_manager"),
+        code=code_of("workflow/scripts/evaluate_run.py"),
     output:
         metrics="results/runs/{run}/eval/metrics.json",
         per_question="results/runs/{run}/eval/per_question.csv",
@@ -53,8 +55,7 @@ rule evaluate_refrag_run:
         model=run_checkpoint_done,
         retrieval="results/runs/{run}/retrieval.parquet",
         test=run_query("test"),
-        code=code("scripts.refrag_eval", "nanochat.refrag_eval", "nanochat.refrag", "nanochat.rewards",
-                  "nanochat.qa_metrics", "nanochat.engine", "nanochat.checkpoint_manager"),
+        code=code_of("workflow/scripts/evaluate_refrag_run.py"),
     output:
         metrics="results/runs/{run}/eval/metrics.json",
         per_question="results/runs/{run}/eval/per_question.csv",

@@ -5,12 +5,14 @@ OUTPUTS: results/kb/<kb>/embeddings.npy, results/kb/<kb>/<type>/manifest.json (t
 its kb_id is the content hash every downstream metric carries)
 """
 
+reads_config("knowledge_bases")
+
 
 rule embed_chunks:
     """Encode every chunk with the sentence-transformers model (L2-normalised float32)."""
     input:
         chunks="results/kb/{kb}/chunks.parquet",
-        code=code("nanochat.embeddings"),
+        code=code_of("workflow/scripts/embed_chunks.py"),
     output:
         embeddings="results/kb/{kb}/embeddings.npy",
         info="results/kb/{kb}/embeddings.json",
@@ -36,7 +38,7 @@ rule build_index:
     """Build the {kb_type} index over the chunks with the guide's CLI; manifest.json marks a complete KB."""
     input:
         unpack(kb_index_inputs),
-        code=code("nanochat.retrieval"),
+        code=code_of("nanochat.retrieval"),
     output:
         manifest="results/kb/{kb}/{kb_type}/manifest.json",
     params:

@@ -5,12 +5,14 @@ OUTPUTS: results/models/<kb>/tokenizer/tokenizer_meta.json, results/models/<kb>/
 (the base checkpoint itself lives in <base_dir>/base_checkpoints/<kb>.<size>/; base_model.json is its done-marker)
 """
 
+reads_config("base_dir", "device", "tokenizer", "models")
+
 
 rule train_tokenizer:
     """Train the BPE tokenizer on the KB text (tokenizer_meta.json is written last)."""
     input:
         kb=text_kb,
-        code=code("scripts.tok_train", "nanochat.tokenizer"),
+        code=code_of("workflow/scripts/train_tokenizer.py"),
     output:
         meta="results/models/{kb}/tokenizer/tokenizer_meta.json",
     params:
@@ -37,8 +39,7 @@ rule base_train:
     input:
         kb=text_kb,
         tokenizer="results/models/{kb}/tokenizer/tokenizer_meta.json",
-        code=code("scripts.base_train", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks", "nanochat.training",
-                  "nanochat.copy_head", "nanochat.checkpoint_manager", "nanochat.tokenizer"),
+        code=code_of("workflow/scripts/base_train.py"),
     output:
         marker="results/models/{kb}/{size}/base_model.json",
     params:

@@ -4,12 +4,14 @@ REQUIRED INPUTS: results/runs/<run>/eval/metrics.json for every run
 OUTPUTS: results/report/metrics.csv, results/report/metrics.png
 """
 
+reads_config()  # only the run names, which dvc.yaml already spells out in its deps
+
 
 rule report:
     """Collect every run's metrics (with its kb_id) into one table and plot them side by side."""
     input:
         metrics=expand("results/runs/{run}/eval/metrics.json", run=RUNS),
-        code=code("nanochat.workflow_tools"),
+        code=code_of("workflow/scripts/report.py"),
     output:
         table=report(
             "results/report/metrics.csv",

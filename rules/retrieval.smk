@@ -4,6 +4,8 @@ REQUIRED INPUTS: the run's KB index manifest and its train/val/test query files
 OUTPUTS: results/runs/<run>/retrieval.parquet (+ .meta.json sidecar with kb_id and recall@k), results/runs/<run>/leakage.json
 """
 
+reads_config("runs", "leakage")
+
 
 rule precompute_retrieval:
     """Retrieve k_max chunks per query (per hop for refrag runs) for all three splits."""
@@ -12,7 +14,7 @@ rule precompute_retrieval:
         train=run_query("train"),
         val=run_query("val"),
         test=run_query("test"),
-        code=precompute_code,
+        code=code_of("workflow/scripts/precompute_retrieval.py"),
     output:
         retrieval="results/runs/{run}/retrieval.parquet",
         meta="results/runs/{run}/retrieval.parquet.meta.json",
@@ -42,7 +44,7 @@ rule check_leakage:
         train=run_query("train"),
         val=run_query("val"),
         test=run_query("test"),
-        code=code("nanochat.leakage", "nanochat.queries"),
+        code=code_of("workflow/scripts/check_leakage.py"),
     output:
         report="results/runs/{run}/leakage.json",
     params:

@@ -3,12 +3,19 @@
 REQUIRED INPUTS: results/runs/<run>/dataset/manifest.json, the base model's done-marker, the run's KB
 OUTPUTS: <base_dir>/{rag,refrag}_checkpoints/<run>/done.json, written last by the library. Only done.json is a
 Snakemake output: the checkpoints beside it survive a failed or interrupted job, and the next attempt passes
---resume. workflow_tools prepare_resume first moves checkpoints aside when the run's inputs, code or settings
-changed, so a resume never continues from stale training.
+--resume. nanochat.pipeline prepare_resume first moves checkpoints aside when the run's inputs, code or settings
+changed, so a resume never continues from stale training (the checkpoint cadence, runs.<run>.train.save_every,
+save_every_minutes and keep_last, is not such a setting).
+
+Crash safety: periodic checkpoints from the config; SIGTERM/SIGUSR1 (SLURM time limit, preemption) checkpoint
+before exiting; the launcher is exec'd behind `nanochat.pipeline.launch guard` and the workers follow torchrun, so a
+killed Snakemake leaves no trainer behind; one trainer per checkpoint directory (trainer.lock).
 
 GPUs: `--nproc_per_node` is the rule's `gpu` resource (1 process on CPU when no GPU is visible). Multi-node
 (SLURM, resources nodes>1): see profiles/slurm/config.yaml.
 """
+
+reads_config("base_dir", "device", "runs")
 
 
 rule rag_finetune:
@@ -17,8 +24,7 @@ rule rag_finetune:
         kb=run_kb,
         dataset="results/runs/{run}/dataset/manifest.json",
         base_model=run_base_model,
-        code=code("scripts.rag_finetune", "nanochat.training", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks",
-                  "nanochat.copy_head", "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
+        code=code_of("nanochat.pipeline.launch", "scripts.rag_finetune"),
     output:
         done=f"{config['base_dir']}/rag_checkpoints/{{run}}/done.json",
     wildcard_constraints:
@@ -41,10 +47,10 @@ rule rag_finetune:
     conda:
         ENV_GPU
     shell:
-        "python -m nanochat.workflow_tools prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
+        "python -m nanochat.pipeline.launch prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
         " --inputs {input.kb:q} {input.dataset:q} {input.base_model:q} {input.code:q} --settings {params.flags:q}"
         " > {log:q} 2>&1"
-        " && {params.launcher} -m scripts.rag_finetune --knowledge_base {params.kb_dir:q}"
+        " && exec {params.launcher} -m scripts.rag_finetune --knowledge_base {params.kb_dir:q}"
         " --dataset {params.dataset_dir:q} {params.flags} --num_threads {threads} --resume true >> {log:q} 2>&1"
 
 
@@ -57,9 +63,7 @@ rule refrag_finetune:
         train=run_query("train"),
         val=run_query("val"),
         start_model=run_start_model,
-        code=code("scripts.refrag_finetune", "nanochat.refrag", "nanochat.rewards", "nanochat.multihop",
-                  "nanochat.training", "nanochat.gpt", "nanochat.mamba", "nanochat.blocks", "nanochat.copy_head",
-                  "nanochat.checkpoint_manager", "nanochat.raft", "nanochat.workflow_tools"),
+        code=code_of("nanochat.pipeline.launch", "scripts.refrag_finetune"),
     output:
         done=f"{config['base_dir']}/refrag_checkpoints/{{run}}/done.json",
     wildcard_constraints:
@@ -84,10 +88,10 @@ rule refrag_finetune:
     conda:
         ENV_GPU
     shell:
-        "python -m nanochat.workflow_tools prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
+        "python -m nanochat.pipeline.launch prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
         " --inputs {input.kb:q} {input.dataset:q} {input.retrieval:q} {input.start_model:q} {input.code:q}"
         " --settings {params.flags:q}"
         " > {log:q} 2>&1"
-        " && {params.launcher} -m scripts.refrag_finetune --knowledge_base {params.kb_dir:q}"
+        " && exec {params.launcher} -m scripts.refrag_finetune --knowledge_base {params.kb_dir:q}"
         " --dataset {params.dataset_dir:q} --retrieval {input.retrieval:q} --queries_train {input.train:q}"
         " --queries_val {input.val:q} {params.flags} --num_threads {threads} --resume true >> {log:q} 2>&1"

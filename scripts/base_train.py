@@ -17,7 +17,8 @@ import torch
 
 from nanochat.cli import ArgumentParser
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, setup_logging
-from nanochat import training as T
+from nanochat.train import loop as T
+from nanochat.train import progress
 
 
 def parse_args(argv=None):
@@ -110,9 +111,9 @@ def main(argv=None):
                            rank=rank, world_size=world_size)
     total = args.max_steps if args.max_steps > 0 else 10**9
     ckpt_dir = base_dir / "base_checkpoints" / args.model_tag
-    log = T.MetricsLogger(ckpt_dir / "metrics.csv", rank=rank)
-    bar = T.progress_bar(total if args.max_steps > 0 else None, desc="base_train", rank=rank)
-    t_start, tput, step, loss_val = time.time(), T.Throughput(), 0, float("nan")
+    log = progress.MetricsLogger(ckpt_dir / "metrics.csv", rank=rank)
+    bar = progress.progress_bar(total if args.max_steps > 0 else None, desc="base_train", rank=rank)
+    t_start, tput, step, loss_val = time.time(), progress.Throughput(), 0, float("nan")
     while step < total:
         if args.time_budget_s > 0 and time.time() - t_start > args.time_budget_s:
             print0(f"time budget {args.time_budget_s}s reached at step {step}")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nanochat.cli import ArgumentParser
-from nanochat.documents import write_jsonl
+from nanochat.cli import ArgumentParser, output_dir
+from nanochat.data.documents import VALIDATION_MODES, write_jsonl
 
 # -----------------------------------------------------------------------------
 # The example set: a small online shop's help centre. Each query's answer is a span of its document.
@@ -84,17 +84,17 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = ArgumentParser(description="Prepare RAG data: example set, KB build, or synthetic world.")
     parser.add_argument("--mode", choices=["example", "build", "synthetic"], required=True, help="what to prepare")
-    parser.add_argument("--output", required=True, help="output directory (the KB directory in build mode)")
+    parser.add_argument("--output", type=output_dir, required=True, help="output directory (the KB directory in build mode)")
     parser.add_argument("--documents", default=None, help="build mode: documents JSONL or folder of .md/.txt")
     parser.add_argument("--retriever_type", default=None, help="index type(s), comma-separated: simple|bm25|dense|hybrid "
                         "(example default: simple,bm25; build default: simple)")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="embedding model for dense/hybrid")
     parser.add_argument("--chunk_tokens", type=int, default=256, help="max tokens per chunk")
     parser.add_argument("--chunk_overlap", type=int, default=32, help="tokens shared by consecutive chunks")
-    parser.add_argument("--validation", choices=["strict", "lenient"], default="strict", help="document validation mode")
+    parser.add_argument("--validation", choices=VALIDATION_MODES, default="strict", help="document validation mode")
     args, rest = parser.parse_known_args(argv)
     if args.mode == "synthetic":
-        from nanochat import synthetic  # written alongside; imported only when asked for
+        from nanochat.data import synthetic  # written alongside; imported only when asked for
         return synthetic.main(["--output", args.output] + rest) or 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -11,18 +11,19 @@ from __future__ import annotations
 import sys
 
 from nanochat.cli import ArgumentParser
+from nanochat.retrieval.registry import RETRIEVERS
 
 
 def chat_turn(engine, retriever, query: str, top_k: int = 5, max_tokens: int = 200,
               system: str | None = None,
               max_doc_length: int = -1):
     """Retrieve, build the guide's conversation, generate -> (answer, documents)."""
-    from nanochat.raft import SYSTEM_PROMPT  # the prompt the model was fine-tuned with
+    from nanochat.rag.conversation import SYSTEM_PROMPT  # the prompt the model was fine-tuned with
     system = system or SYSTEM_PROMPT
     docs = retriever.retrieve(query, top_k=top_k)
     doc_dicts = [d.to_dict() for d in docs]
     if max_doc_length > 0:
-        from nanochat.evaluation import truncate_docs
+        from nanochat.rag.evaluation import truncate_docs
         doc_dicts = truncate_docs(doc_dicts, max_doc_length)
     conversation = {"messages": [{"role": "system", "content": system},
                                  {"role": "retrieval", "documents": doc_dicts},
@@ -35,7 +36,7 @@ def main(argv=None, stdin=None, stdout=None):
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     parser = ArgumentParser(description="Interactive RAG chat over a knowledge base")
     parser.add_argument("--knowledge_base", required=True, help="KB directory (same KB as training)")
-    parser.add_argument("--retriever_type", default="simple", choices=["simple", "bm25", "dense", "hybrid"], help="retriever")
+    parser.add_argument("--retriever_type", default="simple", choices=list(RETRIEVERS), help="retriever")
     parser.add_argument("--top_k", type=int, default=None, help="documents per question (default: the fine-tune's, else 5)")
     parser.add_argument("--source", default="rag", help="checkpoint family: rag | refrag | base | mid")
     parser.add_argument("--model_tag", default=None, help="checkpoint tag (default: largest model)")
@@ -48,7 +49,7 @@ def main(argv=None, stdin=None, stdout=None):
     from nanochat.checkpoint_manager import load_model
     from nanochat.engine import Engine
     from nanochat.retrieval import RetrievalManager
-    from nanochat.training import set_threads
+    from nanochat.train.loop import set_threads
     set_threads(-1, args.device if args.device != "auto" else "cpu")
     model, tokenizer, meta = load_model(args.source, device=args.device, phase="eval", model_tag=args.model_tag,
                                         step=args.step, base_dir=args.base_dir)

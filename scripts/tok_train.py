@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from nanochat.cli import ArgumentParser
+from nanochat.cli import ArgumentParser, output_dir
 from nanochat.common import get_base_dir, print0, setup_logging
 
 
@@ -45,7 +45,7 @@ def main(argv=None):
     parser.add_argument("--knowledge_base", required=True, help="KB directory (python -m nanochat.retrieval output)")
     parser.add_argument("--vocab_size", type=int, default=4096, help="vocabulary size incl. special tokens")
     parser.add_argument("--extra_text", nargs="*", default=[], help="extra .txt/.jsonl files to train on")
-    parser.add_argument("--output", default=None, help="tokenizer directory (default: <base_dir>/tokenizer)")
+    parser.add_argument("--output", type=output_dir, default=None, help="tokenizer directory (default: <base_dir>/tokenizer)")
     parser.add_argument("--base_dir", default=None, help="default $NANOCHAT_BASE_DIR or ~/.cache/nanochat")
     args = parser.parse_args(argv)
 

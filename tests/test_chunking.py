@@ -7,7 +7,7 @@ import random
 import pandas as pd
 import pytest
 
-from nanochat.chunking import TOKEN_RE, chunk_documents, chunk_spans, count_tokens, main, read_chunks
+from nanochat.data.chunking import TOKEN_RE, chunk_documents, chunk_spans, count_tokens, main, read_chunks
 
 
 def make_text(n_sentences, seed=0):

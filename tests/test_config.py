@@ -10,10 +10,16 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from nanochat import workflow_tools as wt
+from nanochat.pipeline import config as wf_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+@pytest.fixture(scope="module")
+def effective_schema(tmp_path_factory):
+    """What the workflow validates against: the schema with its registries' names filled in."""
+    return wf_config.write_schema(tmp_path_factory.mktemp("schema") / "config.schema.json")
 CONFIGS = ["config/config.yaml", "tests/workflow/config_tiny.yaml", "tests/workflow/config_multi.yaml"]
 
 
@@ -22,10 +28,10 @@ def load(rel):
 
 
 @pytest.mark.parametrize("rel", CONFIGS)
-def test_configs_validate_and_get_defaults(rel):
+def test_configs_validate_and_get_defaults(rel, effective_schema):
     config = load(rel)
-    validate(config, SCHEMA)
-    wt.check_config_references(config)
+    validate(config, effective_schema)
+    wf_config.check_config_references(config)
     run = next(iter(config["runs"].values()))
     assert 0 <= run["train"]["p_gold"] <= 1 and run["evaluate"]["max_new_tokens"] >= 1  # nested defaults filled
     assert set(run) >= {"retriever_type", "top_k", "k_max", "mode", "train", "evaluate"}  # defaults filled
@@ -40,7 +46,7 @@ def test_schema_documents_every_key():
         for key, sub in node.get("properties", {}).items():
             where = f"{path}.{key}"
             assert "description" in sub, f"{where}: no description"
-            assert "type" in sub or "enum" in sub, f"{where}: no type"
+            assert "type" in sub or "enum" in sub or "x-registry" in sub, f"{where}: no type"
             if sub.get("type") not in ("object",) and key not in node.get("required", []):
                 assert "default" in sub, f"{where}: optional key without default"
             walk(sub, where)
@@ -69,27 +75,29 @@ def test_every_config_key_is_commented():
     (lambda c: c["runs"]["synthetic_rag"].update(topk=3), "Additional properties are not allowed ('topk'"),
     (lambda c: c["runs"]["synthetic_rag"].update(retriever_type="bm42"), "'bm42' is not one of"),
     (lambda c: c["runs"]["synthetic_rag"].update(mode="multihop"), "'multihop' is not one of"),
+    (lambda c: c["runs"]["synthetic_refrag"].update(hop_strategy="model"), "'model' is not one of"),  # needs a model
+    (lambda c: c["knowledge_bases"]["synthetic"].update(validation="loose"), "'loose' is not one of"),
     (lambda c: c["runs"]["synthetic_rag"].update(top_k="five"), "'five' is not of type 'integer'"),
     (lambda c: c["knowledge_bases"]["synthetic"].pop("documents"), "'documents' is a required property"),
     (lambda c: c["models"]["tiny"].update(block_pattern="T;M"), "does not match"),
     (lambda c: c.update(knowledge_bases={"my kb": {"documents": "x.jsonl"}}), "does not match"),
 ])
-def test_schema_errors_are_clear(mutate, message):
+def test_schema_errors_are_clear(mutate, message, effective_schema):
     config = copy.deepcopy(load("config/config.yaml"))
     mutate(config)
     with pytest.raises(WorkflowError) as err:
-        validate(config, SCHEMA)
+        validate(config, effective_schema)
     assert message in str(err.value), str(err.value)
 
 
-def test_dangling_references_are_named():
+def test_dangling_references_are_named(effective_schema):
     config = load("config/config.yaml")
-    validate(config, SCHEMA)
+    validate(config, effective_schema)
     config["runs"]["synthetic_rag"]["knowledge_base"] = "nope"
     config["runs"]["synthetic_refrag"].update(k_max=1, top_k=2, compare_with="synthetic_refrag")
     config["runs"]["synthetic_rag"]["compare_with"] = "synthetic_rag"
     with pytest.raises(ValueError) as err:
-        wt.check_config_references(config)
+        wf_config.check_config_references(config)
     text = str(err.value)
     assert "runs.synthetic_rag.knowledge_base: 'nope' is not a key of knowledge_bases (known: synthetic)" in text
     assert "runs.synthetic_refrag: k_max=1 is smaller than top_k=2" in text
@@ -101,12 +109,35 @@ def test_schema_defaults_match_cli_defaults():
     """Where a library CLI has the same setting, the schema's default is the CLI's default."""
     schema = yaml.safe_load(Path(SCHEMA).read_text())["properties"]
     kb = schema["knowledge_bases"]["additionalProperties"]["properties"]
-    from nanochat import chunking
+    from nanochat.data import chunking
     src = Path(chunking.__file__).read_text()
     assert f'"--chunk_tokens", type=int, default={kb["chunk_tokens"]["default"]}' in src
     assert f'"--overlap", type=int, default={kb["chunk_overlap"]["default"]}' in src
     run = schema["runs"]["additionalProperties"]["properties"]
-    from scripts import rag_finetune
-    src = Path(rag_finetune.__file__).read_text()
-    assert f'"--top_k", type=int, default={run["top_k"]["default"]}' in src
-    assert f'"--p_gold", type=float, default={run["train"]["properties"]["p_gold"]["default"]}' in src
+    train = run["train"]["properties"]
+    from scripts import rag_finetune, refrag_finetune
+    rag = rag_finetune.build_parser().parse_args(["--knowledge_base", "kb"])
+    refrag = refrag_finetune.build_parser().parse_args(["--knowledge_base", "kb"])
+    assert rag.top_k == run["top_k"]["default"] and rag.p_gold == refrag.p_gold == train["p_gold"]["default"]
+    assert rag.max_doc_length == train["max_doc_length"]["default"]
+    assert refrag.max_hops == run["max_hops"]["default"] and refrag.hop_strategy == run["hop_strategy"]["default"]
+    assert refrag.rl_steps == train["rl_steps"]["default"] and refrag.num_samples == train["num_samples"]["default"]
+    assert refrag.rl_lr_frac == train["rl_lr_frac"]["default"] and refrag.use_rewards == run["use_rewards"]["default"]
+
+
+def test_fine_tune_parsers_share_one_definition():
+    """Both scripts' common flags come from nanochat.train.args: same help, same choices (from the registries)."""
+    from nanochat.retrieval.hop_strategies import offline_choices
+    from nanochat.retrieval.registry import RETRIEVERS
+    from scripts import rag_finetune, refrag_finetune
+    rag = {a.dest: a for a in rag_finetune.build_parser()._actions}
+    refrag = {a.dest: a for a in refrag_finetune.build_parser()._actions}
+    shared = set(rag) & set(refrag) - {"help"}
+    assert {"knowledge_base", "task_samples", "save_every", "save_every_minutes", "keep_last", "resume"} <= shared
+    assert set(rag) - set(refrag) == set()  # refrag only adds its own
+    for dest in shared - {"output_tag"}:
+        assert rag[dest].help == refrag[dest].help, dest
+    assert rag["retriever_type"].choices == refrag["retriever_type"].choices == list(RETRIEVERS)
+    assert list(refrag["hop_strategy"].choices) == offline_choices()
+    # where the guide gives REFRAG its own default, the parser has it
+    assert (rag["device_batch_size"].default, refrag["device_batch_size"].default) == (4, 2)

@@ -4,7 +4,7 @@ import torch
 
 from nanochat.engine import Engine, InferenceCache
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.training import SupervisedLoss
+from nanochat.train.loop import SupervisedLoss
 
 
 def copy_model(pattern="T,M", seed=0, **kw):

@@ -45,7 +45,7 @@ def write_subsample(out: Path) -> tuple[int, int]:
 
 @pytest.mark.slow
 def test_dense_ndcg_pinned(tmp_path):
-    from nanochat.retrieval_eval import main
+    from nanochat.retrieval.evaluate import main
     n_docs, n_q = write_subsample(tmp_path / "data")
     assert n_docs == N_DOCS and n_q > 30
     res = main(["--corpus", str(tmp_path / "data" / "corpus.jsonl"), "--queries", str(DATA / "queries.jsonl"),
@@ -57,7 +57,7 @@ def test_dense_ndcg_pinned(tmp_path):
 
 
 def test_int8_cosine_to_fp32():
-    from nanochat.embeddings import encode_texts
+    from nanochat.retrieval.embeddings import encode_texts
     docs = [json.loads(line) for line in (DATA / "corpus.jsonl").read_text().splitlines()[:4]]
     texts = ["The cat sat on the mat.", "Refunds are processed within five business days."] + \
         [d["title"] for d in docs]  # sentences (titles of abstracts)

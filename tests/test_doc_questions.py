@@ -1,8 +1,8 @@
 """Questions built from documents. Run: python -m pytest -q tests/test_doc_questions.py"""
 import pandas as pd
 
-from nanochat.doc_questions import questions_from_kb, split_by_document
-from nanochat.qa_metrics import normalize_answer
+from nanochat.data.doc_questions import questions_from_kb, split_by_document
+from nanochat.rag.metrics import normalize_answer
 
 DOCS = [
     ("policy_001", "Return Policy", "Customers can return items within 30 days of purchase with original receipt. "

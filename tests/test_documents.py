@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nanochat.documents import (DocumentValidationError, documents_from_folder, load_documents, main,
+from nanochat.data.documents import (DocumentValidationError, documents_from_folder, load_documents, main,
                                 validate_jsonl)
 
 DATA = Path(__file__).parent / "data"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nanochat import embeddings as E
+from nanochat.retrieval import embeddings as E
 
 SENTENCES = [
     "The cat sat on the mat.",

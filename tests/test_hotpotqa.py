@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from nanochat.hotpotqa import convert_hotpotqa, doc_id_for, read_hotpotqa
-from nanochat.queries import load_queries
+from nanochat.data.sources.hotpotqa import convert_hotpotqa, doc_id_for, read_hotpotqa
+from nanochat.data.queries import load_queries
 
 
 def rec(qid, question, answer, support, ctx):

@@ -157,10 +157,10 @@ def fake_encode(texts, model_name="fake", batch_size=32, precision="auto", devic
 @pytest.fixture()
 def fake_dense(monkeypatch):
     fake_encode.calls = 0
-    mod = types.ModuleType("nanochat.embeddings")
+    mod = types.ModuleType("nanochat.retrieval.embeddings")
     mod.encode_texts = fake_encode
     mod.embedder_info = lambda model_name, precision="auto": {"model": model_name, "precision": precision, "library": "fake"}
-    monkeypatch.setitem(sys.modules, "nanochat.embeddings", mod)
+    monkeypatch.setitem(sys.modules, "nanochat.retrieval.embeddings", mod)
     real = kbmod.get_retriever_class
     fakes = {"dense": FakeDense, "hybrid": FakeHybrid}
     monkeypatch.setattr(kbmod, "get_retriever_class", lambda name: fakes.get(name) or real(name))
@@ -179,8 +179,8 @@ def test_embeddings_computed_once_stored_and_reused(tmp_path, fake_dense):
 
 
 def test_build_from_stage_outputs(tmp_path, fake_dense):
-    from nanochat.chunking import chunk_documents, write_chunks
-    from nanochat.documents import load_documents
+    from nanochat.data.chunking import chunk_documents, write_chunks
+    from nanochat.data.documents import load_documents
     write_chunks(chunk_documents(load_documents(DATA / "docs_valid.jsonl")), tmp_path / "chunks.parquet")
     emb = fake_encode(["sky", "bread", "moon"])
     np.save(tmp_path / "embeddings.npy", emb)
@@ -199,12 +199,12 @@ def test_build_from_stage_outputs(tmp_path, fake_dense):
 
 
 def test_missing_dense_extras_give_the_guides_message(tmp_path, monkeypatch):
-    mod = types.ModuleType("nanochat.embeddings")
+    mod = types.ModuleType("nanochat.retrieval.embeddings")
 
     def encode_texts(*a, **k):
         raise ModuleNotFoundError("No module named 'sentence_transformers'", name="sentence_transformers")
     mod.encode_texts, mod.embedder_info = encode_texts, lambda *a, **k: {}
-    monkeypatch.setitem(sys.modules, "nanochat.embeddings", mod)
+    monkeypatch.setitem(sys.modules, "nanochat.retrieval.embeddings", mod)
     with pytest.raises(ImportError) as e:
         build_knowledge_base(DATA / "docs_valid.jsonl", tmp_path / "kb", ["dense"], show_progress=False)
     msg = str(e.value)

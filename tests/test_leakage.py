@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nanochat.leakage import LeakageError, check_leakage, find_leaks, main
+from nanochat.data.leakage import LeakageError, check_leakage, find_leaks, main
 
 TRAIN = [
     {"id": "t1", "question": "When was Zorvik Labs founded?", "answers": ["1987"], "doc_ids": ["d1"]},

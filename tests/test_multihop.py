@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nanochat import multihop as MH
+from nanochat.retrieval import multihop as MH
 
 CHUNKS = pd.DataFrame([
     {"id": "acme#0", "doc_id": "acme", "title": "Acme Labs",
@@ -134,7 +134,7 @@ def test_batched_one_search_per_hop_and_order():
 
 
 def test_precompute_table_from_multihop_rows(tmp_path):
-    from nanochat.precompute import COLUMNS, _multi_hop
+    from nanochat.retrieval.precompute import COLUMNS, _multi_hop
     queries = [{"id": "q1", "question": Q}, {"id": "q2", "question": "What is Quix known for?"}]
     df = _multi_hop(FakeManager(), "test", queries, max_hops=2, top_k_per_hop=2, strategy="append")
     assert list(df.columns) == COLUMNS and set(df["query_id"]) == {"q1", "q2"}
@@ -148,8 +148,9 @@ def tok():
 
 
 def test_multi_hop_message_renders_and_masks_through_the_tokenizer(tok):
-    from nanochat.raft import ChunkStore
-    from nanochat.refrag import build_multihop_examples, encode_multihop, message_documents
+    from nanochat.rag.conversation import ChunkStore
+    from nanochat.rag.multihop_data import build_multihop_examples, encode_multihop
+    from nanochat.rag.conversation import message_documents
     rows = MH.multihop_retrieve(FakeManager(), [Q], max_hops=2, top_k_per_hop=2, show_progress=False)
     table = pd.DataFrame(rows).assign(split="train", query_id="q1")
     hops = MH.group_hops(table)["q1"]
@@ -179,8 +180,9 @@ def test_multi_hop_message_renders_and_masks_through_the_tokenizer(tok):
 
 
 def test_gold_missing_from_hops_is_inserted_into_its_hop():
-    from nanochat.raft import ChunkStore
-    from nanochat.refrag import make_multihop_example, message_documents
+    from nanochat.rag.conversation import ChunkStore
+    from nanochat.rag.multihop_data import make_multihop_example
+    from nanochat.rag.conversation import message_documents
     store = ChunkStore(CHUNKS)
     hops = [(1, Q, [("acme#0", "acme", 3.0), ("quix#0", "quix", 1.0)]), (2, "q2", [("other#0", "other", 1.0), ("zentil#0", "zentil", 0.5)])]
     query = {"id": "q", "question": Q, "answers": ["Zentil"], "doc_ids": ["acme", "vora"]}

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from nanochat.precompute import COLUMNS, load_precomputed, main, meta_path, precompute_retrieval, slice_top_k
-from nanochat.queries import load_queries
-from nanochat.synthetic import generate_world
+from nanochat.retrieval.precompute import COLUMNS, load_precomputed, main, meta_path, precompute_retrieval, slice_top_k
+from nanochat.data.queries import load_queries
+from nanochat.data.synthetic import generate_world
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def test_cli_and_multihop_delegation(setup, tmp_path):
     assert main(["--knowledge_base", str(d / "kb"), "--retriever_type", "simple", "--queries",
                  f"val={files['val']}", "--k_max", "4", "--output", str(out)]) == 0
     assert set(load_precomputed(out)["split"]) == {"val"}
-    if importlib.util.find_spec("nanochat.multihop") is None:
-        with pytest.raises(RuntimeError, match="nanochat.multihop"):
+    if importlib.util.find_spec("nanochat.retrieval.multihop") is None:
+        with pytest.raises(RuntimeError, match="nanochat.retrieval.multihop"):
             precompute_retrieval(d / "kb", "simple", {"val": files["val"]}, 4, tmp_path / "mh.parquet", max_hops=2)
     with pytest.raises(FileNotFoundError, match="retrieval table not found"):
         load_precomputed(tmp_path / "nope.parquet")

@@ -1,7 +1,7 @@
 """Hand-checked QA metrics. Run: python -m pytest -q tests/test_qa_metrics.py"""
 import pytest
 
-from nanochat.qa_metrics import (ABSTAIN_ANSWER, citation_precision, citation_recall, exact_match, f1_score,
+from nanochat.rag.metrics import (ABSTAIN_ANSWER, citation_precision, citation_recall, exact_match, f1_score,
                                  is_abstention, is_unsupported, normalize_answer, parse_citations, strip_citations)
 
 

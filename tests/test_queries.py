@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nanochat.queries import QueryFileError, load_queries
+from nanochat.data.queries import QueryFileError, load_queries
 
 
 def _write(tmp_path, lines):
@@ -48,8 +48,8 @@ def test_all_problems_reported_and_missing_file(tmp_path):
 
 
 def test_squad_converter_splits_by_article(shared_data, tmp_path):
-    """nanochat.squad on the shared dev subset: every question kept, article-disjoint splits, loadable files."""
-    from nanochat.squad import main as squad_main
+    """nanochat.data.sources.squad on the shared dev subset: every question kept, article-disjoint splits, loadable files."""
+    from nanochat.data.sources.squad import main as squad_main
     assert squad_main(["--input", str(shared_data / "squad" / "dev.json"), "--output", str(tmp_path)]) == 0
     docs = [json.loads(l) for l in open(tmp_path / "documents.jsonl", encoding="utf-8")]
     assert len(docs) == 71

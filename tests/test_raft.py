@@ -4,12 +4,14 @@ import json
 import numpy as np
 import pytest
 
-from nanochat.precompute import load_precomputed, precompute_retrieval
-from nanochat.qa_metrics import ABSTAIN_ANSWER, contains_answer, parse_citations
-from nanochat.queries import load_queries
-from nanochat.raft import (build_dataset, build_eval_conversations, build_examples, load_base_conversations,
-                           load_dataset_shards, rank_slice)
-from nanochat.synthetic import generate_world
+from nanochat.retrieval.precompute import load_precomputed, precompute_retrieval
+from nanochat.rag.metrics import ABSTAIN_ANSWER, contains_answer, parse_citations
+from nanochat.data.queries import load_queries
+from nanochat.rag.dataset import build_dataset
+from nanochat.rag.raft import build_eval_conversations, build_examples
+from nanochat.rag.base_tasks import load_base_conversations
+from nanochat.rag.shards import load_dataset_shards, rank_slice
+from nanochat.data.synthetic import generate_world
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def test_smoltalk_must_be_cached_when_requested(monkeypatch, tmp_path):
 
 
 def test_answer_tokens_are_a_copy_of_the_document_tokens(setup):
-    from nanochat.raft import answer_target
+    from nanochat.rag.conversation import answer_target
     from nanochat.tokenizer import Tokenizer
     d, chunks, table, files = setup
     tok = Tokenizer.train_from_iterator(list(chunks["content"]), 600)
@@ -174,8 +176,8 @@ def test_counterfactual_answers_are_swapped_in_documents_and_targets(setup):
 
 
 def test_quote_answers_quote_the_shown_documents_verbatim_and_score_on_the_answer(setup):
-    from nanochat.chunking import split_sentences
-    from nanochat.qa_metrics import ANSWER_MARKER, exact_match, f1_score, final_answer
+    from nanochat.data.chunking import split_sentences
+    from nanochat.rag.metrics import ANSWER_MARKER, exact_match, f1_score, final_answer
     d, chunks, table, files = setup
     queries = {q["id"]: q for q in load_queries(files["train"])}
     ex, _ = build_examples(list(queries.values()), table, chunks, "train", top_k=3, p_gold=0.8, seed=0,

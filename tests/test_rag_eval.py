@@ -1,4 +1,4 @@
-"""nanochat.evaluation / scripts.rag_eval: scoring rules, the three conditions, outputs of a tiny run.
+"""nanochat.rag.evaluation / scripts.rag_eval: scoring rules, the three conditions, outputs of a tiny run.
 
     python -m pytest -q tests/test_rag_eval.py
 """
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from nanochat import evaluation as E
+from nanochat.rag import evaluation as E
 from tests.test_rag_finetune import make_world
 
 
@@ -41,7 +41,7 @@ def test_score_answer_citations_unsupported_and_abstention():
     assert s["unsupported"] == 0.0 and s["gold_present"] == 1.0
     s = E.score_answer("Lyon [1]", item, docs)
     assert s["em"] == 0.0 and s["citation_precision"] == 0.0 and s["unsupported"] == 1.0
-    from nanochat.qa_metrics import ABSTAIN_ANSWER
+    from nanochat.rag.metrics import ABSTAIN_ANSWER
     s = E.score_answer(ABSTAIN_ANSWER, item, docs[:1])
     assert s["abstained"] == 1.0 and s["gold_present"] == 0.0 and s["unsupported"] == 0.0
 
@@ -49,8 +49,8 @@ def test_score_answer_citations_unsupported_and_abstention():
 def test_conditions_and_aggregate_with_a_scripted_model(world, monkeypatch):
     """An 'oracle-reading' fake generator: right only when the gold document is in the prompt."""
     from nanochat.checkpoint_manager import load_model
-    from nanochat.precompute import load_precomputed
-    from nanochat.queries import load_queries
+    from nanochat.retrieval.precompute import load_precomputed
+    from nanochat.data.queries import load_queries
     from nanochat.retrieval.kb import KnowledgeBase
     kb = KnowledgeBase.load(world["kb"])
     items = E.load_items(load_queries(world["data"] / "queries_test.jsonl"),

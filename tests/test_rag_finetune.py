@@ -17,11 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_world(root: Path, pattern="T,M"):
     """30-entity synthetic world, simple-retriever KB, BPE tokenizer, untrained tiny base model, RAFT shards."""
-    from nanochat import precompute, raft
+    from nanochat.retrieval import precompute
+    from nanochat.rag import dataset
     from nanochat.checkpoint_manager import save_checkpoint
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.retrieval import build_knowledge_base
-    from nanochat.synthetic import generate_world
+    from nanochat.data.synthetic import generate_world
     from nanochat.tokenizer import Tokenizer
     data = root / "data"
     generate_world(data, seed=0, n_entities=30)
@@ -41,7 +42,7 @@ def make_world(root: Path, pattern="T,M"):
     q = {s: data / f"queries_{s}.jsonl" for s in ("train", "val", "test")}
     precompute.main(["--knowledge_base", str(data / "kb"), "--retriever_type", "simple", "--queries",
                      *[f"{s}={p}" for s, p in q.items()], "--k_max", "5", "--output", str(data / "retrieval.parquet")])
-    raft.main(["--knowledge_base", str(data / "kb"), "--retrieval", str(data / "retrieval.parquet"),
+    dataset.main(["--knowledge_base", str(data / "kb"), "--retrieval", str(data / "retrieval.parquet"),
                "--queries_train", str(q["train"]), "--queries_val", str(q["val"]), "--tokenizer", str(data / "tok"),
                "--top_k", "2", "--max_seq_len", "256", "--max_doc_length", "40", "--base_tasks", "none",
                "--output", str(data / "dataset")])
@@ -90,15 +91,15 @@ def math_finite(x):
 
 @pytest.mark.slow
 def test_resume_after_kill_continues_the_same_loss_curve(world):
-    from nanochat.training import read_metrics_csv
+    from nanochat.common import read_csv_columns
     from scripts.rag_finetune import main
     main(finetune_args(world, "full", "--max_steps", "6", "--save_every", "3"))
     main(finetune_args(world, "part", "--max_steps", "6", "--save_every", "3", "--stop_at_step", "3"))
     part = world["base"] / "rag_checkpoints" / "part"
     assert not (part / "done.json").exists() and (part / "model_000003.pt").is_file()
     main(finetune_args(world, "part", "--max_steps", "6", "--save_every", "3", "--resume"))
-    full = read_metrics_csv(world["base"] / "rag_checkpoints" / "full" / "metrics.csv")
-    resumed = read_metrics_csv(part / "metrics.csv")
+    full = read_csv_columns(world["base"] / "rag_checkpoints" / "full" / "metrics.csv")
+    resumed = read_csv_columns(part / "metrics.csv")
     print("full   ", [round(v, 5) for v in full["loss"]])
     print("resumed", [round(v, 5) for v in resumed["loss"]])
     assert resumed["step"] == full["step"] == [1, 2, 3, 4, 5, 6]

@@ -19,7 +19,7 @@ def world(tmp_path_factory):
     from nanochat.checkpoint_manager import save_checkpoint
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.retrieval import build_knowledge_base
-    from nanochat.synthetic import generate_world
+    from nanochat.data.synthetic import generate_world
     from nanochat.tokenizer import Tokenizer
     root = tmp_path_factory.mktemp("refrag")
     data = root / "data"
@@ -83,7 +83,7 @@ def test_cli_rejects_zero_temperature(world, capsys):
 
 def test_policy_gradient_only_on_sampled_tokens_and_group_advantages():
     from nanochat.gpt import GPT, GPTConfig
-    from nanochat.refrag import group_advantages, policy_gradient_batch, policy_gradient_loss
+    from nanochat.train.reward_phase import group_advantages, policy_gradient_batch, policy_gradient_loss
     adv = group_advantages([1.0, 0.0, 0.5])
     assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0.0])) and group_advantages([0.3, 0.3]).abs().sum() == 0
     prompt, samples = [1, 2, 3, 4], [[7, 8, 9], [7]]
@@ -104,8 +104,11 @@ def test_policy_gradient_only_on_sampled_tokens_and_group_advantages():
 
 def test_heldout_comparison_hop_recall_and_plot(tmp_path):
     from nanochat.gpt import GPT, GPTConfig
-    from nanochat.raft import ChunkStore
-    from nanochat.refrag import append_csv, compare_conditions, plot_reward_curve, prompt_items
+    from nanochat.rag.conversation import ChunkStore
+    from nanochat.train.reward_phase import reward_log
+    from nanochat.rag.refrag_eval import compare_conditions
+    from nanochat.rag.plots import plot_reward_curve
+    from nanochat.rag.multihop_data import prompt_items
     from nanochat.tokenizer import Tokenizer
     chunks = pd.DataFrame([{"id": f"d{i}#0", "doc_id": f"d{i}", "title": f"T{i}", "content": f"fact number {i} is here"}
                            for i in range(4)])
@@ -130,8 +133,11 @@ def test_heldout_comparison_hop_recall_and_plot(tmp_path):
     assert hr["recall_hop1"] == pytest.approx(0.5) and hr["recall_hop2"] == pytest.approx(0.75)
     assert hr["all_gold_hop1"] == 0.0 and hr["all_gold_hop2"] == 0.5  # q1 needs both hops, q2 never complete
     assert set(metrics["rag"]["em_by_hops"]) == {"2"}
+    log = reward_log(tmp_path / "r.csv")
     for step, phase, reward, em in [(1, "warmup", None, 0.1), (2, "reward", 0.2, None), (3, "reward", 0.4, 0.3)]:
-        append_csv(tmp_path / "r.csv", {"step": step, "phase": phase, "reward": reward, "heldout_em": em})
+        log.append(step=step, phase=phase, reward=reward, heldout_em=em)
+    with pytest.raises(KeyError, match="not among"):
+        log.append(step=4, reward_v2=0.5)  # a column nobody declared fails loudly instead of vanishing
     assert plot_reward_curve(tmp_path / "r.csv", tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -166,7 +172,8 @@ def test_kill_and_resume_in_both_phases_with_prompts_too_long(world):
 
 
 def test_fit_prompt_shortens_hop_queries_then_skips(world):
-    from nanochat.refrag import encode_multihop, fit_items, multihop_conversation
+    from nanochat.rag.multihop_data import encode_multihop, fit_items
+    from nanochat.rag.conversation import multihop_conversation
     tok = world["tok"]
     long_q = " ".join(["Zentil Morland Quix Vora"] * 30)
     msg = {"role": "retrieval", "multi_hop": True, "hops": [
@@ -186,7 +193,8 @@ def test_fit_prompt_shortens_hop_queries_then_skips(world):
 def test_prompts_shorten_every_document_before_dropping_the_last_hop_and_keep_the_answer(world):
     """A two-hop answer is in the last hop's document: fitting a prompt must not drop it (the tokenizer alone
     would), and a training example whose shortened cited document lost the answer is skipped."""
-    from nanochat.refrag import encode_multihop, fit_prompt, message_documents, multihop_conversation
+    from nanochat.rag.multihop_data import encode_multihop, fit_prompt
+    from nanochat.rag.conversation import message_documents, multihop_conversation
     tok = world["tok"]
     filler = " ".join(f"Sentence {i} says little." for i in range(12))
     msg = {"role": "retrieval", "multi_hop": True, "hops": [
@@ -208,38 +216,47 @@ def test_prompts_shorten_every_document_before_dropping_the_last_hop_and_keep_th
 
 
 @pytest.mark.slow
-def test_workflow_dataset_from_raft_gets_multi_hop_shards(world, tmp_path):
-    """The workflow passes --dataset (nanochat.raft shards, hops flattened) and --retrieval (the multi-hop table):
-    the warm-up must still see the guide's multi_hop retrieval message."""
-    from nanochat.precompute import load_precomputed, precompute_retrieval
-    from nanochat.raft import build_dataset, load_dataset_shards
+def test_workflow_multi_hop_dataset_is_trained_on_as_given_and_equals_the_standalone_build(world, tmp_path):
+    """The workflow's build_dataset makes a refrag run's multi_hop shards (python -m nanochat.rag.dataset --mode
+    refrag): refrag_finetune trains on them as given (nothing rebuilt in the training job), and they hold exactly
+    the examples the script builds for itself without --dataset."""
+    from nanochat.rag import dataset
+    from nanochat.rag.shards import load_dataset_shards
+    from nanochat.retrieval.precompute import precompute_retrieval
     from scripts.refrag_finetune import main
     data = world["data"]
     files = {"train": str(data / "queries_train.jsonl"), "val": str(data / "queries_val.jsonl")}
     table = tmp_path / "mh.parquet"
     precompute_retrieval(data / "kb", "simple", files, 2, table, max_hops=2, top_k_per_hop=2, strategy="entities")
-    from nanochat.retrieval.kb import KnowledgeBase
-    flat = build_dataset(KnowledgeBase.load(data / "kb").chunks, load_precomputed(table), files, world["tok"],
-                         tmp_path / "raft", top_k=4, max_seq_len=384, max_doc_length=40)
-    assert "kind" not in flat
-    ckpt = main(["--knowledge_base", str(data / "kb"), "--source", "base", "--model_tag", "t2", "--output_tag", "wf",
-                 "--base_dir", str(world["base"]), "--dataset", str(tmp_path / "raft"), "--retrieval", str(table),
-                 "--queries_train", files["train"], "--queries_val", files["val"], "--max_hops", "2",
-                 "--top_k_per_hop", "2", "--use_rewards", "false", "--max_steps", "1", "--max_seq_len", "384",
-                 "--max_doc_length", "40", "--eval_questions", "1", "--max_new_tokens", "4", "--device", "cpu"])
-    manifest = json.loads((ckpt / "data" / "dataset" / "manifest.json").read_text())
-    assert manifest["kind"] == "multi_hop" and manifest["retrieval"] == str(table)
-    ids, _ = load_dataset_shards(str(ckpt / "data" / "dataset"), "train")[0]
+    world["tok"].save(tmp_path / "tok")
+    dataset.main(["--mode", "refrag", "--knowledge_base", str(data / "kb"), "--retrieval", str(table),
+                  "--queries_train", files["train"], "--queries_val", files["val"], "--tokenizer", str(tmp_path / "tok"),
+                  "--top_k", "2", "--max_seq_len", "384", "--max_doc_length", "40", "--max_hops", "2",
+                  "--hop_strategy", "entities", "--output", str(tmp_path / "wf")])
+    manifest = json.loads((tmp_path / "wf" / "manifest.json").read_text())
+    assert manifest["kind"] == "multi_hop" and manifest["retrieval"] == str(table) and manifest["max_hops"] == 2
+    common = ["--knowledge_base", str(data / "kb"), "--source", "base", "--model_tag", "t2", "--base_dir",
+              str(world["base"]), "--retrieval", str(table), "--queries_train", files["train"], "--queries_val",
+              files["val"], "--max_hops", "2", "--top_k_per_hop", "2", "--use_rewards", "false", "--max_steps", "1",
+              "--max_seq_len", "384", "--max_doc_length", "40", "--eval_questions", "1", "--max_new_tokens", "4",
+              "--device", "cpu"]
+    ckpt = main([*common, "--output_tag", "wf", "--dataset", str(tmp_path / "wf")])
+    assert not (ckpt / "data").exists() and json.loads((ckpt / "done.json").read_text())["step"] == 1
+    ids, _ = load_dataset_shards(str(tmp_path / "wf"), "train")[0]
     hop_start = world["tok"].encode_special("<|hop_start|>")
     assert list(ids).count(hop_start) == 2  # two hops rendered, not one flattened document list
-    assert json.loads((ckpt / "done.json").read_text())["step"] == 1
+    standalone = main([*common, "--output_tag", "standalone"]) / "data" / "dataset"
+    for split in ("train", "val"):
+        a, b = load_dataset_shards(str(tmp_path / "wf"), split), load_dataset_shards(str(standalone), split)
+        assert len(a) == len(b) > 0
+        assert all(list(x[0]) == list(y[0]) and list(x[1]) == list(y[1]) for x, y in zip(a, b))
 
 
 def test_refrag_eval_cli_compares_refrag_rag_and_no_retrieval_on_the_same_questions(world, tmp_path):
     """scripts.refrag_eval: one REFRAG and one RAG checkpoint, every condition on the same test questions, the RAG
     model shown max_hops x top_k_per_hop single-hop documents (equal budget), gains = differences of EMs."""
     import shutil
-    from nanochat.precompute import precompute_retrieval
+    from nanochat.retrieval.precompute import precompute_retrieval
     from scripts.refrag_eval import main as refrag_eval
     from scripts.refrag_finetune import main as refrag_finetune
     data, base = world["data"], world["base"]
@@ -275,7 +292,7 @@ def test_refrag_eval_cli_compares_refrag_rag_and_no_retrieval_on_the_same_questi
     assert (out / "em_by_hops.png").read_bytes()[:4] == b"\x89PNG" and (out / "rewards.png").is_file()
     # --rag_eval: the RAG run's own evaluation (same questions, same document count) supplies the rag and
     # no_retrieval answers; they are scored again here and give the same EM as generating them
-    from nanochat.evaluation import main as rag_eval
+    from nanochat.rag.evaluation import main as rag_eval
     rag_out = tmp_path / "rag_eval"
     rag_eval(["--knowledge_base", str(data / "kb"), "--retrieval", str(single), "--queries_test", files["test"],
               "--source", "rag", "--model_tag", "ev_rag", "--base_dir", str(base), "--top_k", "2",

@@ -68,8 +68,8 @@ def test_prepare_rag_dataset_example_and_build(tmp_path):
 
 def test_stage_wise_pipeline(tmp_path):
     """validate -> chunk -> index, as the Snakemake rules run them (in-process: same main(argv))."""
-    from nanochat.chunking import main as chunking_main
-    from nanochat.documents import main as documents_main
+    from nanochat.data.chunking import main as chunking_main
+    from nanochat.data.documents import main as documents_main
     assert documents_main(["--input", str(DATA / "docs_missing_field.jsonl"), "--output", str(tmp_path / "valid.jsonl"),
                            "--rejected", str(tmp_path / "rejected.jsonl"), "--mode", "lenient"]) == 0
     assert len((tmp_path / "rejected.jsonl").read_text().splitlines()) == 4

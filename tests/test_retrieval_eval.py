@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nanochat.beir import load_corpus, load_qrels, load_queries
-from nanochat.retrieval_eval import compute_metrics, main, run_from_indices
+from nanochat.data.sources.beir import load_corpus, load_qrels, load_queries
+from nanochat.retrieval.evaluate import compute_metrics, main, run_from_indices
 
 SCIFACT = Path("/work/shared/data/scifact")
 
@@ -34,17 +34,17 @@ def test_beir_loaders_plain_and_gzip(tmp_path):
 def test_beir_loader_errors_name_file_line_field(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text('{"_id": "d1", "title": "t", "text": "x"}\n{"_id": "d2", "title": "t"}\n')
-    with pytest.raises(ValueError, match=r"c\.jsonl:2: field 'text' missing"):
+    with pytest.raises(ValueError, match=r"c\.jsonl:2: text: missing"):
         load_corpus(p)
     p.write_text('{"_id": "d1", "text": "x"}\n{"_id": "d1", "text": "y"}\n')
-    with pytest.raises(ValueError, match=r"c\.jsonl:2: field '_id' duplicates"):
+    with pytest.raises(ValueError, match=r"c\.jsonl:2: _id: duplicate id"):
         load_corpus(p)
     p.write_text('{"_id": "d1", "text": "x"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"c\.jsonl:2: invalid JSON"):
+    with pytest.raises(ValueError, match=r"c\.jsonl:2: json: invalid JSON"):
         load_corpus(p)
     r = tmp_path / "r.tsv"
     r.write_text("query-id\tcorpus-id\tscore\nq1\td1\tone\n")
-    with pytest.raises(ValueError, match=r"r\.tsv:2: field 'score'"):
+    with pytest.raises(ValueError, match=r"r\.tsv:2: score: expected a number"):
         load_qrels(r)
 
 

@@ -1,8 +1,8 @@
 """REFRAG reward on hand-made answers, including attempts to game it."""
 import pytest
 
-from nanochat import rewards as R
-from nanochat.qa_metrics import ABSTAIN_ANSWER
+from nanochat.rag import rewards as R
+from nanochat.rag.metrics import ABSTAIN_ANSWER
 
 DOCS = [
     {"id": "acme#0", "title": "Acme Labs", "content": "Acme Labs was founded by Vora Delm."},
@@ -19,7 +19,7 @@ def reward(text, docs=DOCS, gold=GOLD):
 
 
 def test_weights_sum_to_one_and_perfect_answer_scores_one():
-    assert R.W_F1 + R.W_RECALL + R.W_CITATION == pytest.approx(1.0)
+    assert sum(p.weight for p in R.PARTS.values() if p.weight > 0) == pytest.approx(1.0)
     r = reward("Zentil [1] [2]")
     assert r["reward"] == pytest.approx(1.0) and r["em"] == 1.0 and r["citation"] == 1.0 and r["recall"] == 1.0
 
@@ -40,7 +40,7 @@ def test_empty_answer_gets_zero(text):
 
 def test_unsupported_answer_is_penalised():
     r = reward("Paris [1] [2]")
-    assert r["unsupported"] == 1.0 and r["reward"] == pytest.approx(max(0, R.W_RECALL + R.W_CITATION - R.PENALTY_UNSUPPORTED))
+    assert r["unsupported"] == 1.0 and r["reward"] == pytest.approx(max(0, R.PARTS['recall'].weight + R.PARTS['citation'].weight + R.PARTS['unsupported'].weight))
     assert reward("Zentil [1] [2]")["unsupported"] == 0.0
 
 
@@ -67,8 +67,10 @@ def test_abstention_only_pays_when_the_answer_is_absent():
 
 
 def test_reward_is_clipped_and_weights_are_arguments():
-    r = R.compute_reward("Zentil [1] [2]", ANS, DOCS, GOLD, w_f1=2.0)
+    r = R.compute_reward("Zentil [1] [2]", ANS, DOCS, GOLD, weights={"f1": 2.0})
     assert r["reward"] == 1.0
-    r = R.compute_reward("Paris", ANS, DOCS, GOLD, penalty_unsupported=5.0)
+    r = R.compute_reward("Paris", ANS, DOCS, GOLD, weights={"unsupported": -5.0})
     assert r["reward"] == 0.0
-    assert set(R.COMPONENTS) <= set(r)
+    assert list(r) == list(R.COMPONENTS)
+    with pytest.raises(KeyError, match="unknown reward part"):
+        R.compute_reward("Paris", ANS, DOCS, GOLD, weights={"f2": 1.0})

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from nanochat.leakage import check_leakage
-from nanochat.queries import load_queries
-from nanochat.synthetic import generate_world, main
+from nanochat.data.leakage import check_leakage
+from nanochat.data.queries import load_queries
+from nanochat.data.synthetic import generate_world, main
 
 
 def _read(path):

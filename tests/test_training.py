@@ -1,4 +1,4 @@
-"""nanochat.training: loss masking, the sharded loader and its cursor, resume state, logging.
+"""nanochat.train.loop: loss masking, the sharded loader and its cursor, resume state, logging.
 
     python -m pytest -q tests/test_training.py
 """
@@ -7,9 +7,14 @@ import random
 
 import numpy as np
 import pytest
+
+from nanochat.common import read_csv_columns
 import torch
 
-from nanochat import training as T
+from nanochat.train import data as train_data
+from nanochat.train import loop as T
+from nanochat.train import progress
+from nanochat.train import resume
 
 
 def tiny_model(pattern="T,M", vocab=64, seed=0):
@@ -111,24 +116,24 @@ def test_train_state_roundtrip(tmp_path):
     random.seed(1)
     np.random.seed(1)
     torch.manual_seed(1)
-    T.save_train_state(tmp_path, 5, T.Cursor(2, 12))
+    resume.save_train_state(tmp_path, 5, T.Cursor(2, 12))
     want = (random.random(), np.random.rand(), torch.rand(1).item())
-    state = T.load_train_state(tmp_path, 5)
-    T.set_rng_state(state["rng"])
+    state = resume.load_train_state(tmp_path, 5)
+    resume.set_rng_state(state["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == want
     assert state["cursor"] == T.Cursor(2, 12) and state["step"] == 5
     with pytest.raises(FileNotFoundError, match="resume"):
-        T.load_train_state(tmp_path, 6)
+        resume.load_train_state(tmp_path, 6)
 
 
 def test_metrics_logger_drops_rows_after_resume_step(tmp_path):
     path = tmp_path / "metrics.csv"
-    log = T.MetricsLogger(path)
+    log = progress.MetricsLogger(path)
     for s in range(1, 6):
         log.log(step=s, loss=1.0 / s, lr=0.1)
-    log = T.MetricsLogger(path, resume_step=3)
+    log = progress.MetricsLogger(path, resume_step=3)
     log.log(step=4, loss=9.0, val_loss=8.0)
-    cols = T.read_metrics_csv(path)
+    cols = read_csv_columns(path)
     assert cols["step"] == [1, 2, 3, 4] and cols["loss"][3] == 9.0
     assert math.isnan(cols["val_loss"][0]) and cols["val_loss"][3] == 8.0
 
@@ -136,24 +141,24 @@ def test_metrics_logger_drops_rows_after_resume_step(tmp_path):
 def test_base_tasks_default_warns_explicit_errors(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached here
     tok = None  # never used: nothing is found
-    assert T.load_base_tasks(None, -1, 100, tok, 128) == []
+    assert train_data.load_base_tasks(None, -1, 100, tok, 128) == []
     assert "SmolTalk is not cached" in caplog.text
     with pytest.raises(FileNotFoundError, match="not cached"):
-        T.load_base_tasks("SmolTalk", 10, 100, tok, 128)
-    assert T.load_base_tasks("none", 10, 100, tok, 128) == []
+        train_data.load_base_tasks("SmolTalk", 10, 100, tok, 128)
+    assert train_data.load_base_tasks("none", 10, 100, tok, 128) == []
 
 
 def test_query_file_resolution(tmp_path):
     kb = tmp_path / "kb"
     kb.mkdir()
-    assert T.resolve_query_files(kb) == ({}, "documents")
+    assert train_data.resolve_query_files(kb) == ({}, "documents")
     (tmp_path / "queries_train.jsonl").write_text('{"id": "q", "question": "x?", "answers": ["y"]}\n')
-    files, how = T.resolve_query_files(kb)
+    files, how = train_data.resolve_query_files(kb)
     assert files == {"train": tmp_path / "queries_train.jsonl"} and "beside the KB" in how
     with pytest.raises(FileNotFoundError, match="queries_train"):
-        T.resolve_query_files(kb, queries_train=tmp_path / "missing.jsonl")
+        train_data.resolve_query_files(kb, queries_train=tmp_path / "missing.jsonl")
     lines = [f'{{"id": "q{i}", "question": "x{i}?", "answers": ["y"]}}' for i in range(10)]
     (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
-    split = T.split_train_val(tmp_path / "q.jsonl", tmp_path / "w", seed=0)
+    split = train_data.split_train_val(tmp_path / "q.jsonl", tmp_path / "w", seed=0)
     got = {s: split[s].read_text().splitlines() for s in ("train", "val")}
     assert len(got["val"]) == 1 and sorted(got["train"] + got["val"]) == sorted(lines)

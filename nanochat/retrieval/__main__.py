@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import sys
 
-from nanochat.cli import ArgumentParser
+from nanochat.common import print0
+from nanochat.cli import ArgumentParser, output_dir
+from nanochat.data.documents import VALIDATION_MODES
 from nanochat.retrieval.registry import RETRIEVERS
 
 
@@ -20,17 +22,17 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m nanochat.retrieval", description="Build or query a nanochat knowledge base.")
     # --- what to build from
     p.add_argument("--documents", default=None, help="documents JSONL (or a folder of .md/.txt) to build a KB from")
-    p.add_argument("--chunks", default=None, help="pre-made chunks.parquet (python -m nanochat.chunking) instead of --documents")
-    p.add_argument("--embeddings", default=None, help="pre-computed embeddings.npy matching --chunks (python -m nanochat.embeddings)")
+    p.add_argument("--chunks", default=None, help="pre-made chunks.parquet (python -m nanochat.data.chunking) instead of --documents")
+    p.add_argument("--embeddings", default=None, help="pre-computed embeddings.npy matching --chunks (python -m nanochat.retrieval.embeddings)")
     p.add_argument("--embedder_info", default=None, help="JSON file describing --embeddings (model, precision)")
-    p.add_argument("--output", default=None, help="KB directory to create or extend")
+    p.add_argument("--output", type=output_dir, default=None, help="KB directory to create or extend")
     # --- index settings
     p.add_argument("--type", default="simple", help=f"retriever type(s), comma-separated: {', '.join(RETRIEVERS)}")
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="sentence-transformers model for dense/hybrid")
     p.add_argument("--precision", default="auto", help="embedding precision: auto|fp32|bf16")
     p.add_argument("--chunk_tokens", type=int, default=256, help="max tokens per chunk (regex word/punct tokens)")
     p.add_argument("--chunk_overlap", type=int, default=32, help="tokens shared by consecutive chunks")
-    p.add_argument("--validation", choices=["strict", "lenient"], default="strict", help="lenient: skip bad records into --rejected")
+    p.add_argument("--validation", choices=VALIDATION_MODES, default="strict", help="lenient: skip bad records into --rejected")
     p.add_argument("--rejected", default=None, help="rejected records file (default: <output>/rejected.jsonl in lenient mode)")
     p.add_argument("--bm25_k1", type=float, default=1.5, help="BM25 term-frequency saturation")
     p.add_argument("--bm25_b", type=float, default=0.75, help="BM25 length normalisation (0 = none, 1 = full)")
@@ -46,15 +48,15 @@ def build_parser() -> ArgumentParser:
 def run_query(args) -> int:
     from nanochat.retrieval import RetrievalManager
     if not args.query:
-        print("ERROR --knowledge_base needs at least one --query", file=sys.stderr)
+        print0("ERROR --knowledge_base needs at least one --query", file=sys.stderr)
         return 2
     manager = RetrievalManager(retriever_type=args.type, knowledge_base_path=args.knowledge_base)
     for query, docs in zip(args.query, manager.retrieve_batch(args.query, top_k=args.top_k)):
-        print(f"Query: {query}")
+        print0(f"Query: {query}")
         if not docs:
-            print("  (no matching documents)")
+            print0("  (no matching documents)")
         for doc in docs:
-            print(f"Score: {doc.score:.3f} - {doc.title}  [{doc.id}]")
+            print0(f"Score: {doc.score:.3f} - {doc.title}  [{doc.id}]")
     return 0
 
 
@@ -74,7 +76,7 @@ def run_build(args) -> int:
                                   chunk_overlap=args.chunk_overlap, validation=args.validation, precision=args.precision,
                                   bm25_settings=bm25, rejected_path=rejected)
     c = kb.manifest["counts"]
-    print(f"Knowledge base ready: {kb.path} ({c['documents']} documents, {c['chunks']} chunks; "
+    print0(f"Knowledge base ready: {kb.path} ({c['documents']} documents, {c['chunks']} chunks; "
           f"indexes: {', '.join(kb.retriever_types)}; kb_id {kb.kb_id[:12]})")
     return 0
 
@@ -87,10 +89,10 @@ def main(argv=None) -> int:
     try:
         return run_query(args) if args.knowledge_base else run_build(args)
     except Exception as e:  # user-facing CLI: one clear line instead of a traceback
-        from nanochat.documents import DocumentValidationError
+        from nanochat.data.documents import DocumentValidationError
         from nanochat.retrieval.kb import KnowledgeBaseError
         if isinstance(e, (DocumentValidationError, KnowledgeBaseError, FileNotFoundError, ImportError, ValueError)):
-            print(f"ERROR {e}", file=sys.stderr)
+            print0(f"ERROR {e}", file=sys.stderr)
             return 1
         raise
 

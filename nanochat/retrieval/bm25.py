@@ -56,6 +56,18 @@ class Tokenizer:
         return [self(t) for t in texts]
 
 
+def sorted_vocab_corpus(corpus_tokens: list[list[str]]) -> tuple[list[list[int]], dict[str, int]]:
+    """(token ids per document, vocabulary) with ids in sorted term order, for `bm25s.BM25.index`.
+
+    Given token strings, bm25s numbers its vocabulary in the iteration order of a Python set of
+    strings, which follows the per-process hash seed (PYTHONHASHSEED): the same chunks gave a
+    different vocab.index.json and CSC arrays on every build. Sorted ids make the files a function
+    of the chunks alone; scores are unchanged (only the term numbering differs).
+    """
+    vocab = {term: i for i, term in enumerate(sorted({t for doc in corpus_tokens for t in doc}))}
+    return [[vocab[t] for t in doc] for doc in corpus_tokens], vocab
+
+
 def make_bm25(settings: dict, backend: str):
     import bm25s
     return bm25s.BM25(k1=settings["k1"], b=settings["b"], method=settings["method"], idf_method=settings["idf_method"],
@@ -79,7 +91,7 @@ class BM25Retriever(Retriever):
         tok = Tokenizer(s["stemmer"], s["stopwords"])
         s["stemmer"] = tok.stemmer_name
         model = make_bm25(s, "numpy")  # the index files do not depend on the search backend
-        model.index(tok.batch(passage_texts(chunks)), show_progress=True)
+        model.index(sorted_vocab_corpus(tok.batch(passage_texts(chunks))), show_progress=True)
         with atomic_dir(Path(kb_dir) / cls.name) as d:
             model.save(str(d), allow_pickle=False, show_progress=False)
             (d / "tokenizer.json").write_text(json.dumps({"pattern": WORD_RE.pattern, "stemmer": s["stemmer"],

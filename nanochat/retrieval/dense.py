@@ -3,9 +3,14 @@
 Files under `<kb>/dense/`: `index.faiss` (faiss.write_index, no pickle) and `settings.json`
 (model, precision, index kind) so the index carries what it was built with. Small KBs
 use exact search (IndexFlatIP); above `ivf_threshold` rows "auto" switches to IVF.
+
+Builds are byte-reproducible: IVF samples its training rows and seeds k-means with fixed seeds,
+and HNSW inserts on one thread by default (FAISS's parallel insertion links nodes in whatever
+order threads reach them; `hnsw_build_threads` trades that for speed).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -47,9 +52,29 @@ def _normalised_block(block: np.ndarray) -> np.ndarray:
     return block
 
 
+@contextlib.contextmanager
+def faiss_threads(n: int):
+    """Run FAISS (OpenMP) with n threads inside the block; n <= 0 leaves FAISS's default."""
+    faiss = _faiss()
+    if n <= 0:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def build_index(embeddings: np.ndarray, kind: str = "flat", nlist: int | None = None, hnsw_m: int = 32,
-                ef_construction: int = 200, seed: int = 0):
-    """A FAISS inner-product index over (N, d) normalised vectors, filled block by block."""
+                ef_construction: int = 200, seed: int = 0, hnsw_build_threads: int = 1):
+    """A FAISS inner-product index over (N, d) normalised vectors, filled block by block.
+
+    Same vectors and arguments -> the same index bytes: IVF's training sample and k-means use `seed`;
+    HNSW is filled with `hnsw_build_threads` threads (1: deterministic; 0: every core, faster, but
+    the graph then depends on thread timing).
+    """
     faiss = _faiss()
     n, d = embeddings.shape
     if kind == "flat":
@@ -62,6 +87,7 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", nlist: int | None = 
         nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 1234 + seed  # k-means initialisation (FAISS's default seed when seed == 0)
         # 40 points per list (FAISS wants >= 39): the training copy stays <= ~half the matrix at 100K rows,
         # so the build peak is the index's own copy, not index + sample (all rows at 256/list)
         sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 40 * nlist), replace=False))
@@ -80,10 +106,11 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", nlist: int | None = 
     else:
         raise ValueError(f"dense index kind must be flat, ivf or hnsw, got {kind!r}")
     mapped = getattr(embeddings, "_mmap", None)  # np.memmap / np.load(mmap_mode=...)
-    for start in range(0, n, ADD_BLOCK):
-        index.add(_normalised_block(embeddings[start:start + ADD_BLOCK]))
-        if mapped is not None:  # drop the pages we just read from our RSS (they stay in the page cache)
-            mapped.madvise(mmap.MADV_DONTNEED)
+    with faiss_threads(hnsw_build_threads if kind == "hnsw" else 0):
+        for start in range(0, n, ADD_BLOCK):
+            index.add(_normalised_block(embeddings[start:start + ADD_BLOCK]))
+            if mapped is not None:  # drop the pages we just read from our RSS (they stay in the page cache)
+                mapped.madvise(mmap.MADV_DONTNEED)
     return index
 
 
@@ -97,6 +124,7 @@ class DenseRetriever(Retriever):
         "nlist": None,              # IVF lists (None: ~4 sqrt(N))
         "nprobe": 32,               # IVF lists scanned per query
         "hnsw_m": 32,
+        "hnsw_build_threads": 1,    # 1: the same graph on every build; 0: all cores (faster, not reproducible)
         "ef_search": 128,
         "query_batch_size": 256,
         "use_gpu": "auto",          # auto | true | false: GPU FAISS when built with GPU support and CUDA is present
@@ -112,7 +140,7 @@ class DenseRetriever(Retriever):
         faiss = _faiss()
         s = {**cls.DEFAULTS, **{k: v for k, v in (settings or {}).items() if k in cls.DEFAULTS}}
         if embeddings is None:  # a KB built without the embed stage: encode here
-            from nanochat.embeddings import encode_texts
+            from nanochat.retrieval.embeddings import encode_texts
             from nanochat.retrieval.kb import passage_texts
             embeddings = encode_texts(passage_texts(chunks), s["model"], precision=s["precision"])
         n, d = embeddings.shape
@@ -123,7 +151,8 @@ class DenseRetriever(Retriever):
         kind = s["index"]
         if kind == "auto":
             kind = "ivf" if n >= s["ivf_threshold"] else "flat"
-        index = build_index(embeddings, kind, nlist=s["nlist"], hnsw_m=s["hnsw_m"])
+        index = build_index(embeddings, kind, nlist=s["nlist"], hnsw_m=s["hnsw_m"],
+                            hnsw_build_threads=int(s["hnsw_build_threads"]))
         out_dir = Path(kb_dir) / cls.name
         out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(out_dir / "index.faiss") as tmp:
@@ -151,7 +180,7 @@ class DenseRetriever(Retriever):
         if emb.get("model") and "model" not in overrides:
             settings["model"] = emb["model"]
         if "precision" not in overrides:  # ... and at the precision they were encoded with, where this host can run it
-            from nanochat.embeddings import query_precision
+            from nanochat.retrieval.embeddings import query_precision
             settings["precision"] = query_precision(emb.get("precision") or settings.get("precision"))
         index = faiss.read_index(str(out_dir / "index.faiss"))
         if settings.get("index_kind") == "ivf":
@@ -167,7 +196,7 @@ class DenseRetriever(Retriever):
         return cls(index, settings, Path(kb.path))
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
-        from nanochat.embeddings import encode_texts
+        from nanochat.retrieval.embeddings import encode_texts
         return encode_texts(queries, self.settings["model"], batch_size=64, precision=self.settings["precision"],
                             show_progress=len(queries) > 1000)
 

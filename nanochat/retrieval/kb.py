@@ -9,11 +9,17 @@
 A directory without manifest.json is not a KB (an interrupted build leaves none). Loading checks
 the format version and every checksum, so a truncated or edited file fails loudly instead of
 silently retrieving the wrong passages. Nothing is pickled.
+
+kb_id is a hash of what the KB holds and how it was made (`kb_identity`): the chunks' content,
+the chunker settings, the embedder (model, precision, dimension) and each index's settings; never a
+path, KB name, time or host, so the same documents give the same kb_id wherever they are built.
+The paths a build read from are recorded under "inputs", outside the identity. Every file,
+manifest included, is a function of the inputs and settings alone (no build time, ordering
+independent of PYTHONHASHSEED): a rebuild is byte-identical (docs/REPRODUCIBILITY.md).
 """
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import json
 import mmap
@@ -26,7 +32,7 @@ import numpy as np
 
 from nanochat.common import atomic_path, atomic_write_json, sha256_file
 from nanochat.retrieval.base import Document
-from nanochat.retrieval.registry import NEEDS_EMBEDDINGS, dense_import_error, expand_types, get_retriever_class
+from nanochat.retrieval.registry import NEEDS_EMBEDDINGS, dense_import_error, expand_types, get_retriever_class, in_build_order
 
 FORMAT = "nanochat-kb"
 FORMAT_VERSION = 1
@@ -76,13 +82,36 @@ def passage_texts(chunks) -> list[str]:
 
 
 def chunks_fingerprint(chunks) -> str:
-    """sha256 over the chunk fields that affect retrieval (stable across Parquet writer versions)."""
+    """sha256 over the chunk fields that affect retrieval, normalised: the same chunks give the same hash
+    whether they are in memory or read back from Parquet (a missing source is None in one, NaN in the other)."""
+    import pandas as pd
     h = hashlib.sha256()
     cols = [c for c in ("id", "doc_id", "title", "content", "source", "metadata") if c in chunks.columns]
     for row in chunks[cols].itertuples(index=False, name=None):
-        h.update(json.dumps(list(row), ensure_ascii=False, default=str).encode("utf-8"))
+        row = [v if isinstance(v, str) or not pd.isna(v) else None for v in row]
+        h.update(json.dumps(row, ensure_ascii=False, default=str).encode("utf-8"))
         h.update(b"\n")
     return h.hexdigest()
+
+
+LEGACY_CHUNKER_KEYS = ("source",)  # older builds put the chunks file's path here; never part of the identity
+
+
+def identity_chunker(chunker: dict | None) -> dict | None:
+    """The chunker settings that enter kb_id: path-free, None when unknown (e.g. chunks from another tool)."""
+    clean = {k: v for k, v in (chunker or {}).items() if k not in LEGACY_CHUNKER_KEYS}
+    return clean or None
+
+
+def kb_identity(fingerprint: str, chunker: dict | None, embedding: dict | None, indexes: dict) -> dict:
+    """What kb_id hashes: content and settings only (no path, KB name, time or host)."""
+    return {"chunks": fingerprint, "chunker": identity_chunker(chunker),
+            "embedder": {k: embedding.get(k) for k in ("model", "precision", "dimension")} if embedding else None,
+            "indexes": indexes}
+
+
+def kb_id_of(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def save_npy(path, array: np.ndarray) -> None:
@@ -96,8 +125,10 @@ def _file_entries(root: Path, rel_paths: list[str]) -> dict:
 
 
 def _dir_files(root: Path, sub: str) -> list[str]:
+    """An index directory's files, without hidden ones (temp files or directories a killed build left)."""
     base = root / sub
-    return sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(p.relative_to(root).as_posix() for p in base.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts))
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -172,7 +203,7 @@ class KnowledgeBase:
     @property
     def chunks(self):
         if self._chunks is None:
-            from nanochat.chunking import read_chunks
+            from nanochat.data.chunking import read_chunks
             self._chunks = read_chunks(self.path / CHUNKS)
         return self._chunks
 
@@ -214,7 +245,7 @@ class KnowledgeBase:
 
 def _compute_embeddings(chunks, model: str, precision: str, show_progress: bool):
     try:
-        from nanochat.embeddings import embedder_info, encode_texts
+        from nanochat.retrieval.embeddings import embedder_info, encode_texts
         emb = encode_texts(passage_texts(chunks), model_name=model, precision=precision, show_progress=show_progress)
         info = embedder_info(model, precision)
     except ImportError as e:
@@ -237,7 +268,7 @@ def _check_embeddings(emb: np.ndarray, n: int, where: str) -> np.ndarray:
         emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != n:
         raise ValueError(f"{where}: embeddings have shape {emb.shape}, expected ({n}, dim) for {n} chunks; "
-                         "re-run python -m nanochat.embeddings on the same chunks.parquet")
+                         "re-run python -m nanochat.retrieval.embeddings on the same chunks.parquet")
     lo, hi = np.inf, -np.inf
     for start in range(0, n, CHECK_BLOCK):
         norms = np.linalg.norm(emb[start:start + CHECK_BLOCK], axis=1)
@@ -248,15 +279,19 @@ def _check_embeddings(emb: np.ndarray, n: int, where: str) -> np.ndarray:
     return emb
 
 
-def _build(chunks, output_dir, retriever_types, chunker: dict, n_documents: int, embeddings=None, embedding_info=None,
-           model: str = DEFAULT_MODEL, precision: str = "auto", retriever_settings: dict | None = None,
-           documents_sha256: str | None = None, show_progress: bool = True) -> KnowledgeBase:
-    from nanochat.chunking import chunks_to_frame
+def _build(chunks, output_dir, retriever_types, chunker: dict | None, n_documents: int, embeddings=None,
+           embedding_info=None, model: str = DEFAULT_MODEL, precision: str = "auto",
+           retriever_settings: dict | None = None, documents_sha256: str | None = None, inputs: dict | None = None,
+           show_progress: bool = True) -> KnowledgeBase:
+    from nanochat.data.chunking import chunks_to_frame
     import pandas as pd
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    chunker = identity_chunker(chunker)
     if not isinstance(chunks, pd.DataFrame):
         chunks = chunks_to_frame(chunks)
+    chunks = chunks.copy(deep=False)  # its attrs carry the chunker into our chunks.parquet, not into the caller's frame
+    chunks.attrs = {"chunker": chunker} if chunker else {}
     if len(chunks) == 0:
         raise ValueError("no chunks to index (were all documents rejected?)")
     types = expand_types(retriever_types)
@@ -319,23 +354,23 @@ def _build(chunks, output_dir, retriever_types, chunker: dict, n_documents: int,
         cls = get_retriever_class(t)
         used = cls.build(out, chunks, dict(settings.get(t, {})), emb)
         retrievers[t] = {"settings": used or {}}
-    retrievers = {t: retrievers[t] for t in sorted(retrievers, key=["simple", "bm25", "dense", "hybrid"].index)}
+    retrievers = {t: retrievers[t] for t in in_build_order(retrievers)}
 
     rel_files = [CHUNKS] + ([EMBEDDINGS] if emb_info else [])
     for t in retrievers:
         files = _dir_files(out, t)
         retrievers[t]["files"] = files
         rel_files += files
-    identity = {"chunks": fingerprint, "chunker": chunker,
-                "embedder": {k: emb_info.get(k) for k in ("model", "precision", "dimension")} if emb_info else None,
-                "indexes": {t: v["settings"] for t, v in retrievers.items()}}
+    identity = kb_identity(fingerprint, chunker, emb_info, {t: v["settings"] for t, v in retrievers.items()})
+    # No build time or host here: the manifest is a function of the inputs (a rebuild is byte-identical,
+    # so DVC and sha256 comparisons see no change). The paths read from are provenance, outside kb_id.
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "kb_id": hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest(),
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "kb_id": kb_id_of(identity), "identity": identity,
         "counts": {"documents": int(n_documents), "chunks": int(len(chunks))},
         "chunker": chunker, "chunks_fingerprint": fingerprint, "documents_sha256": documents_sha256,
         "embedding": emb_info, "retrievers": retrievers,
+        "inputs": {k: str(v) for k, v in (inputs or {}).items() if v is not None},
         "files": _file_entries(out, rel_files),
     }
     atomic_write_json(out / MANIFEST, manifest)
@@ -348,17 +383,18 @@ def build_knowledge_base(documents, output_dir, retriever_types=("simple",), mod
                          retriever_settings: dict | None = None, rejected_path=None,
                          show_progress: bool = True) -> KnowledgeBase:
     """documents (JSONL path, folder of .md/.txt, or list of dicts) -> validated, chunked, indexed KB."""
-    from nanochat.chunking import TOKENIZER_ID, chunk_documents
-    from nanochat.documents import content_hash, load_documents
+    from nanochat.data.chunking import chunk_documents, chunker_settings
+    from nanochat.data.documents import content_hash, load_documents
     docs = load_documents(documents, mode=validation, rejected_path=rejected_path)
     rows = chunk_documents(docs, chunk_tokens, chunk_overlap, show_progress=show_progress)
     settings = dict(retriever_settings or {})
     if bm25_settings:
         settings["bm25"] = {**settings.get("bm25", {}), **bm25_settings}
     docs_hash = hashlib.sha256("".join(f"{d['id']}\t{content_hash(d['content'])}\n" for d in docs).encode()).hexdigest()
-    chunker = {"chunk_tokens": chunk_tokens, "overlap": chunk_overlap, "tokenizer": TOKENIZER_ID}
-    return _build(rows, output_dir, retriever_types, chunker, len(docs), model=model, precision=precision,
-                  retriever_settings=settings, documents_sha256=docs_hash, show_progress=show_progress)
+    inputs = {"documents": documents} if isinstance(documents, (str, os.PathLike)) else None
+    return _build(rows, output_dir, retriever_types, chunker_settings(chunk_tokens, chunk_overlap), len(docs),
+                  model=model, precision=precision, retriever_settings=settings, documents_sha256=docs_hash,
+                  inputs=inputs, show_progress=show_progress)
 
 
 def build_knowledge_base_from_chunks(chunks_path, output_dir, retriever_types=("simple",), embeddings_path=None,
@@ -370,11 +406,14 @@ def build_knowledge_base_from_chunks(chunks_path, output_dir, retriever_types=("
 
     embedder_info: dict or path to a JSON file describing the embeddings (model, precision, ...);
     default: the sidecar `<embeddings stem>.json` when present.
+    chunker: the chunker settings for kb_id; default: those stored in chunks.parquet by
+    `python -m nanochat.data.chunking` (then those of the KB the file came from; else unknown, None).
     """
-    from nanochat.chunking import read_chunks
+    from nanochat.data.chunking import read_chunks
     chunks = read_chunks(chunks_path)
     if embedder_info is None and embeddings_path is not None and Path(embeddings_path).with_suffix(".json").is_file():
         embedder_info = Path(embeddings_path).with_suffix(".json")  # the embed stage's sidecar (embeddings.json)
+    info_path = embedder_info if isinstance(embedder_info, (str, os.PathLike)) else None
     if isinstance(embedder_info, (str, os.PathLike)):
         embedder_info = json.loads(Path(embedder_info).read_text(encoding="utf-8"))
     if embedder_info and embedder_info.get("model"):
@@ -382,9 +421,10 @@ def build_knowledge_base_from_chunks(chunks_path, output_dir, retriever_types=("
     settings = dict(retriever_settings or {})
     if bm25_settings:
         settings["bm25"] = {**settings.get("bm25", {}), **bm25_settings}
-    old = _read_manifest(Path(chunks_path).parent)
-    chunker = chunker or (old or {}).get("chunker") or {"source": str(chunks_path)}
+    chunker = (identity_chunker(chunker) or identity_chunker(chunks.attrs.get("chunker"))
+               or identity_chunker((_read_manifest(Path(chunks_path).parent) or {}).get("chunker")))
     n_docs = int(chunks["doc_id"].nunique())
+    inputs = {"chunks": chunks_path, "embeddings": embeddings_path, "embedder_info": info_path}
     return _build(chunks, output_dir, retriever_types, chunker, n_docs, embeddings=embeddings_path,
                   embedding_info=embedder_info, model=model, precision=precision, retriever_settings=settings,
-                  show_progress=show_progress)
+                  inputs=inputs, show_progress=show_progress)

@@ -49,5 +49,13 @@ def expand_types(types) -> list[str]:
                 out.append(dep)
         if t not in out:
             out.append(t)
+    return in_build_order(out)
+
+
+def in_build_order(types) -> list[str]:
+    """Retriever names in registry order (dependencies before what fuses them); unknown names are an error."""
+    unknown = sorted(set(types) - set(RETRIEVERS))
+    if unknown:
+        raise ValueError(f"unknown retriever type(s) {', '.join(unknown)}; choose from: {', '.join(RETRIEVERS)}")
     order = list(RETRIEVERS)
-    return sorted(out, key=order.index)
+    return sorted(types, key=order.index)

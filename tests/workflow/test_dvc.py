@@ -2,7 +2,9 @@
 
     python -m pytest -q tests/workflow/test_dvc.py
 """
+import ast
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import sys
 import pytest
 import yaml
 
+from nanochat.pipeline.dvc import dvc_stages, stage_params
 from wfhelpers import ROOT, TINY, copy_workflow, dry_run, snakemake
 
 
@@ -25,7 +28,7 @@ def digest(paths):
 
 
 def test_committed_dvc_yaml_matches_generator():
-    proc = subprocess.run([sys.executable, "-m", "nanochat.workflow_tools", "dvc", "--check"], cwd=ROOT, text=True,
+    proc = subprocess.run([sys.executable, "-m", "nanochat.pipeline", "dvc", "--check"], cwd=ROOT, text=True,
                           capture_output=True)
     assert proc.returncode == 0, proc.stderr[-5000:]
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -38,6 +41,35 @@ def test_committed_dvc_yaml_matches_generator():
     assert "results/checkpoints/rag_checkpoints/synthetic_rag" in stages["train"]["outs"]
     assert stages["evaluate"]["metrics"] == ["results/runs/synthetic_rag/eval/metrics.json",
                                              "results/runs/synthetic_refrag/eval/metrics.json"]
+
+
+def test_stage_params_are_declared_in_the_rule_files():
+    """dvc.yaml's params of each stage are the reads_config(...) line of its rule file, and nothing else."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, st in stages.items():
+        lines = re.findall(r"^reads_config\((.*)\)", (ROOT / "rules" / f"{name}.smk").read_text(), re.M)
+        assert len(lines) == 1, f"rules/{name}.smk: one reads_config(...) line expected, found {lines}"
+        declared = list(ast.literal_eval(f"({lines[0].split('#')[0]},)")) if lines[0].strip() else []
+        assert [p["config/config.yaml"] for p in st.get("params", [])] == ([declared] if declared else []), name
+
+
+def test_stage_params_checks(tmp_path):
+    jobs = [{"rule": "a", "stage": "first", "rule_file": "rules/first.smk", "script": None, "input": [],
+             "output": ["out/a.txt"], "params": {}},
+            {"rule": "b", "stage": "second", "rule_file": "rules/second.smk", "script": None, "input": ["out/a.txt"],
+             "output": ["out/b.txt"], "params": {}}]
+    config = {"runs": {"r": {"top_k": 3}}, "device": "cpu", "base_dir": "ck"}
+    with pytest.raises(ValueError, match=r"rules/second.smk: no reads_config"):
+        stage_params({"first": ["runs"]}, config, jobs)
+    with pytest.raises(ValueError, match=r"rules/first.smk: reads_config\('runs.r.top_p'\): no such config key"):
+        stage_params({"first": ["runs.r.top_p"], "second": []}, config, jobs)
+    declared = stage_params({"second": ["device", "base_dir"], "first": ["runs.r.top_k"]}, config, jobs)
+    # stages in declaration (include) order; a key filled by the schema's default is not in the file: not a param
+    (tmp_path / "c.yaml").write_text("runs: {r: {top_k: 3}}\ndevice: cpu\n")
+    stages = dvc_stages(jobs, declared, "c.yaml", workdir=tmp_path)
+    assert list(stages) == ["second", "first"]
+    assert stages["second"]["params"] == [{"c.yaml": ["device"]}]
+    assert stages["first"]["params"] == [{"c.yaml": ["runs.r.top_k"]}]
 
 
 def dvc_outputs(work):
@@ -55,7 +87,7 @@ def dvc_outputs(work):
 def test_dvc_repro_push_pull_round_trip(tmp_path):
     """Whole pipeline: repro on a fresh copy, no-op second repro, push/pull restores every output, Snakemake agrees."""
     work = copy_workflow(tmp_path / "work")
-    run(work, sys.executable, "-m", "nanochat.workflow_tools", "dvc", "--configfile", TINY)
+    run(work, sys.executable, "-m", "nanochat.pipeline", "dvc", "--configfile", TINY)
     run(work, "dvc", "init", "--no-scm", "-q")
     run(work, "dvc", "repro")  # every stage, documents -> report, each through Snakemake
     stages, outs = dvc_outputs(work)

@@ -44,6 +44,20 @@ def test_profile_is_valid_yaml_with_required_settings():
     assert all(prof["set-resources"][r]["gpu"] >= 1 for r in ("base_train", "rag_finetune", "refrag_finetune"))
 
 
+def test_fine_tunes_get_a_checkpoint_signal_before_the_time_limit_and_are_requeued():
+    """SIGUSR1 5 minutes before the limit (the trainer checkpoints and exits; a retry resumes), requeue on preemption;
+    the plugin's own check accepts the extra sbatch option."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+    prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert prof["slurm-requeue"] is True and prof["retries"] >= 1
+    for rule in ("rag_finetune", "refrag_finetune"):
+        extra = prof["set-resources"][rule]["slurm_extra"].strip("'")
+        assert extra.startswith("--signal=USR1@")
+        validate_slurm_extra(SimpleNamespace(resources=SimpleNamespace(slurm_extra=extra)))
+
+
 @pytest.mark.slow
 def test_tiny_dag_part_runs_through_slurm(slurm, tmp_path):
     work = copy_workflow(tmp_path)

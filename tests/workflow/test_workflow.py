@@ -3,7 +3,6 @@
     python -m pytest -q tests/workflow/test_workflow.py
 """
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from wfhelpers import ROOT, TINY, copy_workflow, dry_run, snakemake
+from wfhelpers import ROOT, TINY, copy_workflow, dry_run, kill_and_unlock, snakemake
 
 FULL_RAG = {"validate_documents", "chunk_documents", "build_index", "train_tokenizer", "base_train",
             "precompute_retrieval", "check_leakage", "build_dataset", "rag_finetune", "refrag_finetune",
@@ -20,7 +19,7 @@ FULL_RAG = {"validate_documents", "chunk_documents", "build_index", "train_token
 
 def jobs_of(configfile):
     """Rule -> job count of the whole DAG (as with --forceall), via the generator's job table."""
-    code = ("import json, collections; from nanochat.workflow_tools import snakemake_jobs; "
+    code = ("import json, collections; from nanochat.pipeline.dvc import snakemake_jobs; "
             f"print(json.dumps(collections.Counter(j['rule'] for j in snakemake_jobs(configfile={configfile!r}))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, text=True, capture_output=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -104,8 +103,7 @@ def test_interrupted_job_leaves_no_complete_output(tmp_path):
     try:
         proc.wait(timeout=120)
     except subprocess.TimeoutExpired:  # then a hard kill of the group this test started (worst case: power loss)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_and_unlock(work, proc)  # and, as the README says, --unlock: no stale lock is left behind
     manifest = work / "results/synthetic/manifest.json"
     if manifest.exists():  # the job won the race and finished: then it is complete and consistent
         assert json.loads(manifest.read_text())["n_documents"] > 0
@@ -113,3 +111,12 @@ def test_interrupted_job_leaves_no_complete_output(tmp_path):
         jobs = dry_run(work, "--rerun-incomplete", "--configfile", TINY, "--replace-workflow-config",
                        "results/synthetic/manifest.json")
         assert jobs.get("synthetic_world") == 1, jobs
+
+
+def test_four_kbs_three_runs_dag_shape():
+    """The planning-time config (4 KBs x 3 runs): one index per (KB, type used, plus the text index)."""
+    jobs = jobs_of("tests/workflow/config_4kb.yaml")
+    assert jobs == {"all": 1, "synthetic_world": 1, "validate_documents": 4, "chunk_documents": 4, "embed_chunks": 4,
+                    "build_index": 13, "train_tokenizer": 4, "base_train": 4, "precompute_retrieval": 12,
+                    "check_leakage": 12, "build_dataset": 12, "rag_finetune": 8, "refrag_finetune": 4,
+                    "evaluate_run": 8, "evaluate_refrag_run": 4, "report": 1}, jobs

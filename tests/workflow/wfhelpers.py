@@ -2,8 +2,10 @@
 
 (A plain module, not conftest.py: tests/conftest.py already owns that module name.)
 """
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +31,34 @@ def copy_workflow(dest: Path) -> Path:
 
 
 def snakemake(cwd, *args, check=True, timeout=900):
-    """Run the snakemake CLI in cwd; return the CompletedProcess (stdout+stderr merged)."""
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *map(str, args)], cwd=cwd, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    """Run the snakemake CLI in cwd; return the CompletedProcess (stdout+stderr merged).
+
+    On a timeout the whole run (its own process group: Snakemake and its jobs) is killed and Snakemake's directory
+    lock removed with --unlock, so that no stale lock is left for the next test in the same copy.
+    """
+    cmd = [sys.executable, "-m", "snakemake", *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_and_unlock(cwd, proc)
+        raise
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
-    return proc
+        raise AssertionError(f"snakemake {' '.join(map(str, args))} failed ({proc.returncode}):\n{out[-6000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+def kill_and_unlock(cwd, proc: subprocess.Popen) -> None:
+    """SIGKILL a Snakemake run started in its own session (start_new_session=True), then `snakemake --unlock`:
+    what the README tells a user to do after a hard kill."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+    subprocess.run([sys.executable, "-m", "snakemake", "--unlock"], cwd=cwd, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
 
 
 def planned_jobs(output: str) -> dict:

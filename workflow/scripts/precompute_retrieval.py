@@ -1,8 +1,8 @@
-"""Rule precompute_retrieval: nanochat.precompute (k_max chunks per query and hop, all splits)."""
-from nanochat.workflow_tools import call_main
+"""Rule precompute_retrieval: nanochat.retrieval.precompute (k_max chunks per query and hop, all splits)."""
+from nanochat.pipeline.launch import call_main
 
 i, p = snakemake.input, snakemake.params  # noqa: F821 (injected by Snakemake)
-call_main(snakemake, "nanochat.precompute", [  # noqa: F821
+call_main(snakemake, "nanochat.retrieval.precompute", [  # noqa: F821
     "--knowledge_base", p.kb_dir, "--retriever_type", p.retriever_type,
     "--queries", f"train={i.train}", f"val={i.val}", f"test={i.test}",
     "--k_max", p.k_max, *p.hops.split(), "--output", snakemake.output.retrieval])  # noqa: F821

@@ -1,0 +1,184 @@
+"""What a rule needs around a library entry point: imports from the checkout, the job's log, torchrun,
+done-markers of trainings, and a resume that never continues from stale checkpoints."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from nanochat.common import atomic_write_json, setup_logging, sha256_file
+
+FINGERPRINT_FILE = "workflow_fingerprint.json"
+logger = logging.getLogger(__name__)
+GUARD = "python -m nanochat.pipeline.launch guard"  # exec the launcher with a parent-death signal
+
+
+def torchrun_prefix(gpus: int, nodes: int = 1, port: int = 29500) -> str:
+    """The launcher in front of `-m scripts.*_finetune`.
+
+    One node: `torchrun --standalone --nproc_per_node=N` with N = the rule's gpu resource (1 process on CPU).
+    Several nodes (SLURM job with resources nodes>1): one torchrun per node through srun, meeting at the first
+    node of the allocation. The executor plugin's job step strips most SLURM_* variables, so the node list is
+    read back from squeue.
+    """
+    nproc = max(1, int(gpus or 0))
+    if int(nodes or 1) <= 1:
+        return f"{GUARD} torchrun --standalone --nproc_per_node={nproc}"
+    head = "$(scontrol show hostnames $(squeue -h -j $SLURM_JOB_ID -o %N) | head -n 1)"
+    return (f"{GUARD} srun --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc_per_node={nproc}"
+            f" --rdzv_backend=c10d --rdzv_id=$SLURM_JOB_ID --rdzv_endpoint={head}:{port}")
+
+def use_checkout(basedir) -> None:
+    """Let every job import nanochat/ and scripts/ from this checkout (PYTHONPATH is inherited by jobs)."""
+    paths = [str(basedir)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+@contextlib.contextmanager
+def log_to(path):
+    """Send this process's stdout and stderr (file descriptors too, so C extensions and tqdm) to a log file."""
+    setup_logging()
+    if path is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a", buffering=1, encoding="utf-8") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+def call_main(smk, module: str, argv: list) -> None:
+    """Run `<module>.main(argv)` with the job's log as stdout/stderr; a non-zero return fails the job."""
+    log = smk.log[0] if len(smk.log) else None
+    if log:
+        Path(log).unlink(missing_ok=True)
+    with log_to(log):
+        rc = importlib.import_module(module).main([str(a) for a in argv])
+    if rc not in (None, 0) and not isinstance(rc, (Path, str, dict)):
+        raise SystemExit(f"{module} exited with status {rc} (see {log})")
+
+def _last_step(checkpoint_dir: Path) -> int:
+    steps = [int(p.stem.split("_")[-1]) for p in checkpoint_dir.glob("model_*.pt") if p.stem.split("_")[-1].isdigit()]
+    if not steps:
+        raise FileNotFoundError(f"no model_<step>.pt in {checkpoint_dir}: training did not save a checkpoint")
+    return max(steps)
+
+def mark_checkpoint(checkpoint_dir, output) -> dict:
+    """Write the done-marker of a finished training: last step, its meta and the weights' sha256 (atomically)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    step = _last_step(checkpoint_dir)
+    model_file = next(p for p in checkpoint_dir.glob("model_*.pt") if p.stem.endswith(f"{step:06d}") or
+                      int(p.stem.split("_")[-1]) == step)
+    meta_files = [p for p in checkpoint_dir.glob("meta_*.json") if p.stem.split("_")[-1].isdigit()
+                  and int(p.stem.split("_")[-1]) == step]
+    meta = json.loads(meta_files[0].read_text()) if meta_files else {}
+    marker = {"checkpoint_dir": str(checkpoint_dir), "step": step, "model_file": model_file.name,
+              "model_sha256": sha256_file(model_file), "kb_id": meta.get("kb_id"), "meta": meta}
+    atomic_write_json(output, marker)
+    return marker
+
+def resume_settings(settings: str) -> str:
+    """The training flags that decide what is learned: the checkpoint cadence flags left out, so that saving more
+    or less often never throws a partial run away."""
+    from nanochat.train.args import CHECKPOINT_CADENCE_FLAGS
+    words, kept = shlex.split(settings), []
+    i = 0
+    while i < len(words):
+        flag = words[i].split("=", 1)[0].replace("-", "_").replace("__", "--", 1)
+        if flag in CHECKPOINT_CADENCE_FLAGS:
+            i += 1 if "=" in words[i] else 2
+            continue
+        kept.append(words[i])
+        i += 1
+    return shlex.join(kept)
+
+def fingerprint(inputs: list, settings: str) -> str:
+    """sha256 over the input files' contents and the training flags (cadence flags aside)."""
+    h = hashlib.sha256(resume_settings(settings).encode("utf-8"))
+    for f in inputs:
+        h.update(str(f).encode("utf-8") + b"\0" + sha256_file(f).encode("ascii"))
+    return h.hexdigest()
+
+def prepare_resume(checkpoint_dir, inputs: list, settings: str) -> bool:
+    """Make `--resume` safe: keep checkpoints only when they came from the same inputs and settings.
+
+    Returns True when the existing checkpoints match (the library resumes from them). Otherwise any previous
+    content is moved to `<dir>.stale/` (replacing an older one) and training starts fresh.
+    """
+    from nanochat.train.checkpoints import describe_holder, lock_holder
+    checkpoint_dir = Path(checkpoint_dir)
+    holder = lock_holder(checkpoint_dir) if checkpoint_dir.is_dir() else None
+    if holder:  # never move or resume a directory a live trainer is writing (e.g. one orphaned by a killed run)
+        raise SystemExit(f"prepare_resume: {checkpoint_dir} is being written by another trainer "
+                         f"({describe_holder(holder)}); stop it or wait for it, then re-run")
+    fp = fingerprint(inputs, settings)
+    stamp = checkpoint_dir / FINGERPRINT_FILE
+    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fp:
+        logger.info("prepare_resume: %s matches the current inputs; training resumes from it", checkpoint_dir)
+        return True
+    if checkpoint_dir.exists() and any(checkpoint_dir.iterdir()):
+        stale = checkpoint_dir.with_name(checkpoint_dir.name + ".stale")
+        if stale.exists():
+            shutil.rmtree(stale)
+        checkpoint_dir.rename(stale)
+        logger.info("prepare_resume: inputs or settings changed; moved old checkpoints to %s", stale)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stamp, {"fingerprint": fp, "inputs": [str(f) for f in inputs], "settings": settings})
+    return False
+
+
+# -----------------------------------------------------------------------------
+# CLI: the commands rules run around a training (python -m nanochat.pipeline.launch ...)
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("prepare_resume", help="keep checkpoints only if inputs/settings are unchanged")
+    p.add_argument("--checkpoint_dir", required=True)
+    p.add_argument("--inputs", nargs="*", default=[])
+    p.add_argument("--settings", default="")
+    p = sub.add_parser("mark_checkpoint", help="write a done-marker for the last checkpoint of a directory")
+    p.add_argument("--checkpoint_dir", required=True)
+    p.add_argument("--output", required=True)
+    p = sub.add_parser("guard", help="exec a command that gets SIGTERM when this process's parent dies")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="the command, e.g. torchrun --standalone ...")
+
+
+def run_command(args) -> int:
+    if args.command == "prepare_resume":
+        prepare_resume(args.checkpoint_dir, args.inputs, args.settings)
+    elif args.command == "mark_checkpoint":
+        mark_checkpoint(args.checkpoint_dir, args.output)
+    elif args.command == "guard":
+        from nanochat.train.lifeline import exec_guarded
+        exec_guarded(args.argv)
+    return 0
+
+
+def main(argv=None) -> int:
+    from nanochat.cli import ArgumentParser
+    parser = ArgumentParser(description="Training launch helpers (safe resume, done-markers, parent-death guard)")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run_command(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

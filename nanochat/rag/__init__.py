@@ -1,0 +1,1 @@
+"""Retrieval-augmented conversations: training data (RAFT, multi-hop), answer metrics, rewards, evaluation, plots."""

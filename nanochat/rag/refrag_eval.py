@@ -1,0 +1,244 @@
+"""Held-out REFRAG evaluation: REFRAG vs RAG vs no retrieval on the same questions.
+
+    python -m scripts.refrag_eval --knowledge_base KB --retrieval multihop.parquet --queries_test F \
+        --model_tag REFRAG_TAG [--rag_model_tag RAG_TAG --rag_retrieval single.parquet] --output DIR
+
+Conditions, each on every test question (answers are greedy, documents come from precomputed tables):
+    refrag        the REFRAG model over its multi-hop retrieval (the guide's multi_hop message)
+    rag           the RAG model over single-hop retrieval, top --rag_top_k documents (default: as many as
+                  the REFRAG prompt holds, max_hops x top_k_per_hop, so both see the same number)
+    no_retrieval  no retrieval message (what the model knows by itself): the RAG model when one is given,
+                  else the REFRAG model
+
+--rag_eval DIR (the RAG run's own scripts.rag_eval output, same questions and document count) supplies the rag
+and no_retrieval answers instead of generating them a second time.
+
+Writes DIR/metrics.json (top-level em/f1 are REFRAG's; `conditions` holds each condition's summary; EM by
+hop count; per-hop retrieval recall; `em_gain_over_rag` overall and by hop count), DIR/per_question.csv,
+DIR/em_by_hops.png and, when the checkpoint has a rewards.csv, DIR/rewards.png (mean reward and held-out EM
+over training). metrics.json is written last.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from nanochat.rag.conversation import SYSTEM_PROMPT, message_documents, multihop_conversation
+from nanochat.rag.rewards import COMPONENTS, compute_reward
+
+logger = logging.getLogger("nanochat.rag.refrag_eval")
+
+
+# -----------------------------------------------------------------------------
+# Items scored under each condition
+
+def hop_recall(item: dict, max_hops: int) -> dict:
+    """For h = 1..max_hops: share of gold documents found within hops <= h, and whether all were."""
+    gold = set(item.get("doc_ids") or [])
+    out, found = {}, set()
+    for h in range(1, max_hops + 1):
+        if h <= len(item["hop_doc_ids"]):
+            found |= set(item["hop_doc_ids"][h - 1])
+        out[f"recall_hop{h}"] = len(gold & found) / len(gold) if gold else math.nan
+        out[f"all_gold_hop{h}"] = float(gold <= found) if gold else math.nan
+    return out
+
+def conversation_for(item: dict, condition: str) -> dict:
+    if condition == "refrag":
+        return multihop_conversation(item["question"], item["message"])
+    if condition == "rag":
+        return multihop_conversation(item["question"], {"role": "retrieval", "documents": item["single_documents"]})
+    return {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": item["question"]}]}
+
+def evaluate_items(model, tokenizer, items: list[dict], condition: str = "refrag", max_tokens: int = 32,
+                   desc: str | None = None) -> list[dict]:
+    """Greedy answers under one condition -> per-question rows (em, f1, reward, hops, retrieval recall)."""
+    from tqdm.auto import tqdm
+    from nanochat.engine import Engine
+    engine = Engine(model, tokenizer)
+    rows = []
+    for it in tqdm(items, desc=desc or condition, mininterval=2.0, disable=len(items) < 20):
+        conv = conversation_for(it, condition)
+        text, _ = engine.generate_from_conversation(conv, max_tokens=max_tokens, temperature=0.0)
+        docs = [] if condition == "no_retrieval" else message_documents(conv["messages"][1])
+        rows.append(score_row(it, condition, text, docs))
+    return rows
+
+def score_row(item: dict, condition: str, answer: str, docs: list[dict]) -> dict:
+    """One evaluation row: an answer given under a condition, scored against the documents it was shown."""
+    r = compute_reward(answer, item["answers"], docs, item.get("doc_ids"))
+    return {"id": item["id"], "hops": int(item.get("hops", 1)), "condition": condition, "answer": answer.strip(),
+            **{k: r[k] for k in COMPONENTS}, "retrieval_recall": r["recall"] if docs else math.nan}
+
+def summarize(rows: list[dict], items: list[dict] | None = None, max_hops: int = 3) -> dict:
+    """Means of em/f1/reward, EM by hop count, and (with items) per-hop retrieval recall."""
+    def mean(v):
+        v = [x for x in v if not (isinstance(x, float) and math.isnan(x))]
+        return float(np.mean(v)) if v else math.nan
+    out = {k: mean([r[k] for r in rows]) for k in ("em", "f1", "reward", "retrieval_recall")}
+    out["n"] = len(rows)
+    by: dict[int, list] = {}
+    for r in rows:
+        by.setdefault(r["hops"], []).append(r["em"])
+    out["em_by_hops"] = {str(h): mean(v) for h, v in sorted(by.items())}
+    if items is not None:
+        per = [hop_recall(it, max_hops) for it in items]
+        out["hop_recall"] = {k: mean([p[k] for p in per]) for k in per[0]} if per else {}
+    return out
+
+def compare_conditions(models: dict, items: list[dict], max_tokens: int = 32, max_hops: int = 3) -> tuple[dict, list]:
+    """models: {label: (model, tokenizer, condition)}, e.g. {"refrag": (m1, tok, "refrag"), "rag": (m2, tok, "rag"),
+    "no_retrieval": (m2, tok, "no_retrieval")}; all on the same items -> (metrics by label, all rows)."""
+    metrics, all_rows = {}, []
+    for label, (model, tok, cond) in models.items():
+        rows = evaluate_items(model, tok, items, cond, max_tokens, desc=label)
+        for r in rows:
+            r["label"] = label
+        metrics[label] = summarize(rows, items if cond == "refrag" else None, max_hops)
+        all_rows += rows
+    return metrics, all_rows
+
+
+# -----------------------------------------------------------------------------
+# The CLI
+
+def em_gain(metrics: dict, baseline: str = "rag") -> dict:
+    """REFRAG EM minus the baseline's, overall and per hop count."""
+    ref, base = metrics["refrag"], metrics[baseline]
+    gain = {"all": ref["em"] - base["em"]}
+    for h, em in ref["em_by_hops"].items():
+        if h in base["em_by_hops"]:
+            gain[f"{h}-hop"] = em - base["em_by_hops"][h]
+    return {k: round(v, 4) for k, v in gain.items()}
+
+
+def reused_rag_rows(eval_dir, items: list[dict], top_k: int, model_tag: str | None) -> dict | None:
+    """Rows of the rag and no_retrieval conditions from a RAG run's own evaluation (scripts.rag_eval output:
+    the same model, greedy, on the same questions), so they are not generated twice. None, with the reason
+    logged, unless that evaluation showed top_k documents, used model_tag and answered every item."""
+    import pandas as pd
+    from nanochat.rag.refrag_eval import score_row
+    eval_dir = Path(eval_dir)
+    metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
+    why = None
+    if metrics.get("k") != top_k:
+        why = f"it showed {metrics.get('k')} documents, not {top_k}"
+    elif model_tag and metrics.get("model_tag") != model_tag:
+        why = f"it scored model {metrics.get('model_tag')}, not {model_tag}"
+    rows = pd.read_csv(eval_dir / "per_question.csv", dtype=str, keep_default_na=False).set_index("id")
+    missing = [it["id"] for it in items if it["id"] not in rows.index]
+    if why is None and missing:
+        why = f"{len(missing)} questions (e.g. {missing[0]}) are not in it"
+    if why is not None:
+        logger.warning("not reusing %s: %s; generating the RAG answers", eval_dir, why)
+        return None
+    out = {"rag": [], "no_retrieval": []}
+    for it in items:
+        for label, column, docs in (("rag", "answer", it["single_documents"]), ("no_retrieval", "answer_no_retrieval", [])):
+            out[label].append({**score_row(it, label, rows.at[it["id"], column], docs), "label": label})
+    return out
+
+
+def _rounded(v):
+    if isinstance(v, float):
+        return round(v, 4)
+    return {k: _rounded(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
+def build_parser():
+    from nanochat.rag.evaluation import eval_parser
+    p = eval_parser("Held-out REFRAG evaluation: REFRAG vs RAG vs no retrieval",
+                    "precomputed multi-hop retrieval Parquet (nanochat.retrieval.precompute --max_hops N)", source="refrag",
+                    max_tokens=32)
+    p.add_argument("--rag_model_tag", default=None, help="RAG checkpoint tag for the rag condition (none: condition left out)")
+    p.add_argument("--rag_retrieval", default=None, help="single-hop table for the rag condition (default: hop 1 of --retrieval)")
+    p.add_argument("--rag_top_k", type=int, default=None, help="documents shown to the RAG model (default: max_hops x top_k_per_hop)")
+    p.add_argument("--rag_eval", default=None, help="the RAG run's scripts.rag_eval output directory: reuse its answers "
+                   "(retrieval and no_retrieval) when it showed rag_top_k documents, instead of generating them again")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    from nanochat.rag import multihop_data as MD
+    from nanochat.rag import plots
+    from nanochat.checkpoint_manager import load_model
+    from nanochat.common import atomic_write_json, get_base_dir, print0, setup_logging, write_csv
+    from nanochat.rag.evaluation import load_evaluated
+    from nanochat.retrieval.precompute import load_precomputed
+    from nanochat.data.queries import load_queries
+    from nanochat.rag.conversation import ChunkStore
+    setup_logging()
+    device, kb, model, tokenizer, meta = load_evaluated(args)
+    train_args = meta.get("args", {})
+    max_hops = int(meta.get("max_hops") or train_args.get("max_hops") or 3)
+    per_hop = int(meta.get("top_k_per_hop") or train_args.get("top_k_per_hop") or 3)
+    max_doc_length = args.max_doc_length or train_args.get("max_doc_length") or 300
+    rag_top_k = args.rag_top_k or max_hops * per_hop
+    if meta.get("kb_id") and meta["kb_id"] != kb.kb_id:
+        logger.warning("REFRAG model was fine-tuned on KB %s but is evaluated on KB %s", meta["kb_id"], kb.kb_id)
+
+    queries = load_queries(args.queries_test)
+    queries = queries if args.max_questions < 0 else queries[:args.max_questions]
+    table = load_precomputed(args.retrieval)
+    single = load_precomputed(args.rag_retrieval) if args.rag_retrieval else None
+    items = MD.prompt_items(queries, table, ChunkStore(kb.chunks), args.split, max_doc_length,
+                           single_table=single, top_k_single=rag_top_k)
+    missing = [it["id"] for it in items if not it["hop_doc_ids"]]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(items)} queries (e.g. {missing[0]}) have no rows for split "
+                         f"'{args.split}' in {args.retrieval}; precompute multi-hop retrieval for {args.queries_test}")
+    budget = model.config.sequence_len - args.max_tokens
+    items, too_long = MD.fit_items(tokenizer, items, budget)  # documents shortened to fit, as in training
+    if too_long:
+        logger.warning("%d questions do not fit %d prompt tokens even without documents: left out", too_long, budget)
+
+    reused = reused_rag_rows(args.rag_eval, items, rag_top_k, args.rag_model_tag) if args.rag_eval else None
+    models = {"refrag": (model, tokenizer, "refrag")}
+    rag_meta = None
+    if args.rag_model_tag and reused is None:
+        rag_model, rag_tok, rag_meta = load_model("rag", device, phase="eval", model_tag=args.rag_model_tag,
+                                                  base_dir=args.base_dir)
+        models["rag"] = (rag_model, rag_tok, "rag")
+    if reused is None:  # no documents: the RAG model when there is one (it stops; the REFRAG one rambles to max_tokens)
+        models["no_retrieval"] = models["rag"][:2] + ("no_retrieval",) if "rag" in models else (model, tokenizer, "no_retrieval")
+    print0(f"refrag_eval: {len(items)} questions; refrag {meta.get('model_tag')} ({max_hops} hops x {per_hop}); "
+           f"rag {args.rag_model_tag or '-'} (top {rag_top_k}{', answers from ' + str(args.rag_eval) if reused else ''}); "
+           f"max_tokens {args.max_tokens}")
+    by_label, rows = compare_conditions(models, items, args.max_tokens, max_hops)
+    for label, label_rows in (reused or {}).items():  # the RAG run's own answers: RAG model, with and without documents
+        by_label[label] = summarize(label_rows, None, max_hops)
+        rows += label_rows
+
+    ref = by_label["refrag"]
+    metrics = {"n": ref["n"], "em": ref["em"], "f1": ref["f1"], "reward": ref["reward"],
+               "em_rag": by_label.get("rag", {}).get("em", math.nan), "em_no_retrieval": by_label["no_retrieval"]["em"],
+               "hop_recall": ref.get("hop_recall", {}), "conditions": by_label,
+               "em_by_hops": {h: {label: s["em_by_hops"].get(h, math.nan) for label, s in by_label.items()}
+                              for h in ref["em_by_hops"]},
+               "max_hops": max_hops, "top_k_per_hop": per_hop, "rag_top_k": rag_top_k, "too_long": too_long,
+               "kb_id": kb.kb_id, "model_source": args.source, "model_tag": meta.get("model_tag"),
+               "model_step": meta.get("step"), "rag_model_tag": args.rag_model_tag,
+               "rag_model_step": rag_meta.get("step") if rag_meta else None,
+               "rag_answers_from": str(args.rag_eval) if reused else None, "retrieval": str(args.retrieval),
+               "rag_retrieval": str(args.rag_retrieval) if args.rag_retrieval else None, "queries": str(args.queries_test)}
+    if "rag" in by_label:
+        metrics["em_gain_over_rag"] = em_gain(by_label, "rag")
+    metrics["em_gain_over_no_retrieval"] = em_gain(by_label, "no_retrieval")
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "per_question.csv", rows)
+    plots.em_by_hops(metrics, out / "em_by_hops.png", title="EM by hop count: REFRAG vs RAG vs no retrieval")
+    ckpt_dir = Path(args.source) if Path(args.source).is_dir() else \
+        get_base_dir(args.base_dir) / f"{args.source}_checkpoints" / str(meta.get("model_tag"))
+    if (ckpt_dir / "rewards.csv").is_file():  # written by scripts.refrag_finetune beside its checkpoints
+        plots.plot_reward_curve(ckpt_dir / "rewards.csv", out / "rewards.png")
+    atomic_write_json(out / "metrics.json", metrics)  # last: the workflow's declared output
+    print0(json.dumps(_rounded({k: metrics.get(k) for k in ("n", "em", "em_rag", "em_no_retrieval", "em_by_hops",
+                                                             "hop_recall", "em_gain_over_rag")})))
+    return metrics

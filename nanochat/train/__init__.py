@@ -1,0 +1,1 @@
+"""Fine-tuning loop pieces shared by scripts.rag_finetune and scripts.refrag_finetune."""
