@@ -24,7 +24,7 @@ from nanochat.cli import ArgumentParser
 def prepare(work: Path, n_entities: int, vocab_size: int, teacher_steps: int, seq_len: int, threads: int):
     """World -> KB (simple) -> tokenizer -> T,T,T,T teacher (reused when <work> already has them)."""
     from nanochat.retrieval import build_knowledge_base
-    from nanochat.synthetic import generate_world
+    from nanochat.data.synthetic import generate_world
     from scripts import base_train, tok_train
     if not (work / "data" / "documents.jsonl").is_file():
         generate_world(work / "data", seed=0, n_entities=n_entities)
@@ -45,7 +45,7 @@ def prepare(work: Path, n_entities: int, vocab_size: int, teacher_steps: int, se
 
 
 def distil(work: Path, init: str, args) -> tuple[list, list, float]:
-    from nanochat.training import read_metrics_csv
+    from nanochat.common import read_csv_columns as read_metrics_csv
     from scripts import hybridize
     tag = f"student-{init}"
     shutil.rmtree(work / "base" / "base_checkpoints" / tag, ignore_errors=True)
@@ -106,7 +106,7 @@ def main(argv=None):
     for init in ("attention", "random"):
         steps, kls, secs = distil(work, init, args)
         curves[f"{init} init"], times[init] = (steps, kls), secs
-    (sa, ka), (sr, kr) = curves["attention init"], curves["random init"]
+    (sa, ka), kr = curves["attention init"], curves["random init"][1]
     level, half = kr[-1], args.steps // 2
     reached = first_step_at_or_below(sa, ka, level)
     plot(work / "kl_curves.png", curves, level, half)

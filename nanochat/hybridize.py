@@ -29,7 +29,7 @@ TRAINABLE = ("all", "mixers")     # what distillation updates: every parameter, 
 
 def student_config(teacher_config, block_pattern):
     """The teacher's config with some T layers made M, the mixers shaped to take over the attention weights."""
-    from nanochat.gpt import GPTConfig, parse_block_pattern
+    from nanochat.gpt import parse_block_pattern
     tc = teacher_config
     pattern = parse_block_pattern(block_pattern, tc.n_layer)
     added = [i for i, (old, new) in enumerate(zip(tc.block_pattern, pattern)) if old != new]

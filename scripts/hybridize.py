@@ -20,7 +20,8 @@ import torch
 
 from nanochat.cli import ArgumentParser
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, setup_logging
-from nanochat import training as T
+from nanochat.train import loop as T
+from nanochat.train import progress, resume
 
 
 def parse_args(argv=None):
@@ -115,14 +116,14 @@ def main(argv=None):
         model_data, optim_data, _ = load_checkpoint(str(ckpt_dir), start, device, load_optimizer=True)
         student.load_state_dict(model_data)
         optimizer.load_state_dict(optim_data)
-        state = T.load_train_state(ckpt_dir, start, rank)
+        state = resume.load_train_state(ckpt_dir, start, rank)
         loader.cursor = state["cursor"]
-        T.set_rng_state(state["rng"])
+        resume.set_rng_state(state["rng"])
         print0(f"resumed from step {start}")
     loss_model = DistillLoss(student, teacher, replaced, args.hidden_weight)
     ddp_model = T.wrap_ddp(loss_model, ddp, device)
     autocast_ctx = T.autocast_for(device)
-    log = T.MetricsLogger(ckpt_dir / "metrics.csv", run_name=args.run, config=vars(args), rank=rank, resume_step=start)
+    log = progress.MetricsLogger(ckpt_dir / "metrics.csv", run_name=args.run, config=vars(args), rank=rank, resume_step=start)
     lineage = {"teacher": {"source": args.source, "model_tag": teacher_tag, "step": tmeta.get("step"),
                            "era": tmeta.get("era", "project"), "block_pattern": list(teacher.config.block_pattern)},
                "block_pattern": list(student.config.block_pattern), "replaced_layers": replaced, "init": args.init,
@@ -138,7 +139,7 @@ def main(argv=None):
                 "cursor": loader.cursor.to_dict(), "args": {k: v for k, v in vars(args).items() if k != "config_files"}}
         if rank == 0:
             save_checkpoint(str(ckpt_dir), step, student.state_dict(), optimizer.state_dict(), meta, tokenizer=tokenizer)
-        T.save_train_state(ckpt_dir, step, loader.cursor, rank)
+        resume.save_train_state(ckpt_dir, step, loader.cursor, rank)
         T.barrier()
 
     # -----------------------------------------------------------------------------
@@ -148,8 +149,8 @@ def main(argv=None):
         print0(f"step 0 | val KL {val:.4f}")
         log.log(step=0, val_loss=val)
     student.train()
-    bar = T.progress_bar(args.steps, initial=start, desc="hybridize", rank=rank)
-    tput, t0, metrics = T.Throughput(), time.time(), {"train_loss": None, "val_kl": None}
+    bar = progress.progress_bar(args.steps, initial=start, desc="hybridize", rank=rank)
+    tput, t0, metrics = progress.Throughput(), time.time(), {"train_loss": None, "val_kl": None}
     for step in range(start, args.steps):
         lr = T.set_lr(optimizer, T.lr_multiplier(step, args.steps, args.warmup_steps, warmdown_frac=0.3, final_frac=0.1))
         x, y = loader.next_batch()

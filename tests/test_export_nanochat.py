@@ -1,7 +1,6 @@
 """Export to upstream nanochat's layout, then reload: keys and config as upstream writes them, same function."""
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from nanochat.checkpoint_manager import load_model, save_checkpoint
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer
-from nanochat.upstream import read_encoding
+from nanochat.upstream.tokenizer_pkl import read_encoding
 from nanochat.upstream.export import NotRepresentable, export_checkpoint, plan_export
 from scripts import export_nanochat
 

@@ -13,8 +13,8 @@ import torch
 
 from nanochat.checkpoint_manager import load_model, save_checkpoint
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.hybridize import build_student, init_mixer_from_attention, kl_to_teacher, student_config
-from nanochat.training import read_metrics_csv
+from nanochat.hybridize import build_student, kl_to_teacher, student_config
+from nanochat.common import read_csv_columns as read_metrics_csv
 from scripts import hybridize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def tiny_teacher(vocab, n_kv_head=1, seed=0):
 def world(tmp_path_factory):
     """A 30-entity synthetic world's KB, a tokenizer trained on it, a T,T,T,T teacher under base_checkpoints/t4."""
     from nanochat.retrieval import build_knowledge_base
-    from nanochat.synthetic import generate_world
+    from nanochat.data.synthetic import generate_world
     from nanochat.tokenizer import Tokenizer
     root = tmp_path_factory.mktemp("hybridize")
     generate_world(root / "data", seed=0, n_entities=30)

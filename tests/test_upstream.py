@@ -14,7 +14,8 @@ import torch
 from nanochat.checkpoint_manager import build_model, check_tokenizer, load_model, save_checkpoint
 from nanochat.gpt import GPT
 from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer
-from nanochat.upstream import RefusedPickle, UnknownConfigField, config_from_meta, read_encoding
+from nanochat.upstream.eras import UnknownConfigField, config_from_meta
+from nanochat.upstream.tokenizer_pkl import RefusedPickle, read_encoding
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nanochat_upstream"
 ERAS = {"2025-11": FIXTURES / "2025-11-16788ee", "2026-07": FIXTURES / "2026-07-92d63d4"}
@@ -228,7 +229,7 @@ def test_upstream_model_with_the_wrong_tokenizer_is_an_error(tmp_path):
     # an upstream tokenizer.pkl of another size
     shutil.rmtree(tmp_path / "tokenizer")
     (tmp_path / "tokenizer").mkdir()
-    from nanochat.upstream import write_encoding
+    from nanochat.upstream.tokenizer_pkl import write_encoding
     enc = read_encoding(ERAS["2026-07"] / "tokenizer" / "tokenizer.pkl")
     enc.special_tokens["<|extra|>"] = 300
     write_encoding(tmp_path / "tokenizer" / "tokenizer.pkl", enc)
@@ -259,7 +260,7 @@ def test_grow_vocab_keeps_the_function_and_the_rows(era, tmp_path):
 
 def test_nanochat_turbo_fields_are_accepted(tmp_path):
     """The fork writes block_pattern as a list and mamba_use_mlp, with Mamba-1 blocks without an MLP."""
-    from nanochat.upstream import detect_era
+    from nanochat.upstream.eras import detect_era
     fields = {"sequence_len": 64, "vocab_size": 300, "n_layer": 2, "n_head": 2, "n_kv_head": 2, "n_embd": 32,
               "block_pattern": ["T", "M"], "mamba_d_state": 8, "mamba_d_conv": 4, "mamba_expand": 2,
               "mamba_use_mlp": False}

@@ -1,7 +1,5 @@
 """Upstream nanochat interoperability: its checkpoints of each era (eras.py), its tokenizer.pkl (tokenizer_pkl.py,
-bpe.py), and export back to its layout (export.py)."""
-from nanochat.upstream.eras import ERAS, UnknownConfigField, config_from_meta, detect_era, is_upstream
-from nanochat.upstream.tokenizer_pkl import EncodingState, RefusedPickle, read_encoding, write_encoding
+bpe.py), and export back to its layout (export.py).
 
-__all__ = ["ERAS", "EncodingState", "RefusedPickle", "UnknownConfigField", "config_from_meta", "detect_era",
-           "is_upstream", "read_encoding", "write_encoding"]
+Nothing is imported here: the tokenizer needs only the pickle reader and the BPE rebuild, and must not pull in the
+model (a rule that only tokenises would otherwise depend on gpt.py; nanochat/pipeline/code_deps.py)."""
