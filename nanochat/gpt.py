@@ -275,6 +275,18 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
         """idx: (B, T) token ids. Returns logits (B, T, V) or, with targets (B, T; -1 = ignore), the loss."""
+        T0 = 0 if kv_cache is None else kv_cache.get_pos()
+        x = self.trunk(idx, kv_cache)
+        if self.copy_head is not None:
+            return self._copy_output(x, idx, targets, kv_cache, T0, loss_reduction)
+        logits = self.head_logits(x)  # (B, T, V)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                               reduction=loss_reduction)
+
+    def trunk(self, idx, kv_cache=None):
+        """(B, T) ids -> (B, T, C) final normed hidden states: everything before the head (advances kv_cache)."""
         B, T = idx.size()
         T0 = 0 if kv_cache is None else kv_cache.get_pos()
         if T0 + T > self.rotary_seq_len:
@@ -299,14 +311,12 @@ class GPT(nn.Module):
         x = norm(x)
         if kv_cache is not None:
             kv_cache.advance(T)
-        if self.copy_head is not None:
-            return self._copy_output(x, idx, targets, kv_cache, T0, loss_reduction)
-        logits = self._head(x).float()  # (B, T, V)
-        logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
-                               reduction=loss_reduction)
+        return x
+
+    def head_logits(self, h):
+        """Hidden states (..., C) -> softcapped fp32 logits (..., vocab_size), padding rows dropped."""
+        logits = self._head(h).float()
+        return SOFTCAP * torch.tanh(logits / SOFTCAP)
 
     def _head(self, x):
         """lm_head without its padding rows: (..., C) -> (..., vocab_size)."""
