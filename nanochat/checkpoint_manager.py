@@ -30,10 +30,12 @@ from nanochat.tokenizer import META_FILE, TOKENIZER_FILE, UPSTREAM_PICKLE, Token
 
 logger = logging.getLogger(__name__)
 
+# --source name -> checkpoint family, i.e. the directory <base_dir>/<family>_checkpoints/ (upstream's names)
 SOURCES = {"base": "base", "mid": "mid", "sft": "chatsft", "chatsft": "chatsft", "rag": "rag", "refrag": "refrag"}
 CREATED_BY = {
-    "base": "python -m scripts.base_train --model_tag TAG ...",
-    "mid": "a mid-training run (upstream nanochat before Jan 2026; or use --source base)",
+    "base": "python -m scripts.base_train --model_tag TAG ..., or upstream nanochat's base training "
+            "(scripts/base_train.py, its base_checkpoints/)",
+    "mid": "upstream nanochat's mid-training (before Jan 2026; its mid_checkpoints/)",
     "chatsft": "upstream nanochat's chat SFT (scripts/chat_sft.py, its chatsft_checkpoints/)",
     "rag": "python -m scripts.rag_finetune --knowledge_base KB ...",
     "refrag": "python -m scripts.refrag_finetune --knowledge_base KB ...",
@@ -265,6 +267,20 @@ def find_largest_model(checkpoints_dir) -> str:
     return max(tags, key=lambda p: p.stat().st_mtime).name
 
 
+def checkpoints_root(source: str, base_dir=None) -> Path:
+    """<base_dir>/<family>_checkpoints/ of a --source name (sft -> chatsft_checkpoints, as upstream writes it)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown checkpoint source {source!r}: expected one of {sorted(SOURCES)}")
+    return get_base_dir(base_dir) / f"{SOURCES[source]}_checkpoints"
+
+
+def checkpoint_dir_of(source: str, model_tag: str, base_dir=None) -> Path:
+    """The directory one checkpoint lives in: a --source name and tag, or a --source that is a directory."""
+    if source not in SOURCES and Path(source).is_dir():
+        return Path(source)
+    return checkpoints_root(source, base_dir) / model_tag
+
+
 def load_model(source: str, device, phase: str, model_tag: str | None = None, step: int | None = None,
                base_dir=None):
     """The guide's entry point: load_model("rag", device="cuda", phase="eval") -> (model, tokenizer, meta).
@@ -274,7 +290,7 @@ def load_model(source: str, device, phase: str, model_tag: str | None = None, st
     device = resolve_device(device)  # "cuda" without a GPU fails here, naming the cpu option
     if source in SOURCES:
         kind = SOURCES[source]
-        checkpoints_dir = get_base_dir(base_dir) / f"{kind}_checkpoints"
+        checkpoints_dir = checkpoints_root(source, base_dir)
         if not checkpoints_dir.is_dir():
             raise FileNotFoundError(f"no '{source}' checkpoints: {checkpoints_dir} does not exist. It is created by "
                                     f"{CREATED_BY[kind]} (base dir: --base_dir or $NANOCHAT_BASE_DIR)")

@@ -38,7 +38,7 @@ def main(argv=None, stdin=None, stdout=None):
     parser.add_argument("--knowledge_base", required=True, help="KB directory (same KB as training)")
     parser.add_argument("--retriever_type", default="simple", choices=list(RETRIEVERS), help="retriever")
     parser.add_argument("--top_k", type=int, default=None, help="documents per question (default: the fine-tune's, else 5)")
-    parser.add_argument("--source", default="rag", help="checkpoint family: rag | refrag | base | mid")
+    parser.add_argument("--source", default="rag", help="checkpoint family: rag | refrag | base | mid | sft, or a checkpoint directory")
     parser.add_argument("--model_tag", default=None, help="checkpoint tag (default: largest model)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: last)")
     parser.add_argument("--base_dir", default=None, help="checkpoints root (default $NANOCHAT_BASE_DIR)")
