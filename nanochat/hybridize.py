@@ -23,7 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-INITS = ("attention", "random")   # how replaced layers start: from the attention weights, or Mamba's own init
+# How replaced layers start: from the attention weights (Mamba in the Llama); Mamba's own init with a zero output
+# projection (a new Mamba layer in this project: the layer starts as the identity, as nanochat's c_proj does); or
+# Mamba's own init as mamba-ssm makes it, output projection included (the layer starts as noise in the residual).
+INITS = ("attention", "random", "random_out")
 TRAINABLE = ("all", "mixers")     # what distillation updates: every parameter, or only the new mixers
 
 
@@ -91,6 +94,12 @@ def build_student(teacher, block_pattern, init: str = "attention", seed: int = 0
         for i in replaced:
             init_mixer_from_attention(student.transformer.h[i].mixer, teacher.transformer.h[i].attn,
                                       teacher.config.n_head, teacher.config.n_kv_head)
+    elif init == "random_out":
+        from nanochat.mamba import create_mamba_mixer
+        for i in replaced:
+            mixer = student.transformer.h[i].mixer
+            fresh = create_mamba_mixer(config.n_embd, 2, i, device="cpu", **student.transformer.h[i].kw)
+            mixer.out_proj.weight.data.copy_(fresh.out_proj.weight)  # nn.Linear's default init, as mamba-ssm leaves it
     return student, replaced
 
 

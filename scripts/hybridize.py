@@ -19,6 +19,7 @@ from dataclasses import asdict
 import torch
 
 from nanochat.cli import ArgumentParser
+from nanochat.hybridize import INITS, TRAINABLE
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, setup_logging
 from nanochat.train import loop as T
 from nanochat.train import progress, resume
@@ -33,9 +34,10 @@ def parse_args(argv=None):
     p.add_argument("--block_pattern", required=True, help="student layers, e.g. T,T,M,M: M = replace that attention layer")
     p.add_argument("--output_tag", default=None, help="student tag (default hybrid-<model_tag>)")
     # student init and objective
-    p.add_argument("--init", default="attention", choices=["attention", "random"],
-                   help="replaced layers start from the attention weights (Mamba in the Llama) or Mamba's own init")
-    p.add_argument("--train", default="all", choices=["all", "mixers"], help="parameters distillation updates")
+    p.add_argument("--init", default="attention", choices=list(INITS),
+                   help="replaced layers start from the attention weights (Mamba in the Llama), Mamba's own init with a "
+                        "zero output projection (random), or mamba-ssm's init as it is (random_out)")
+    p.add_argument("--train", default="all", choices=list(TRAINABLE), help="parameters distillation updates")
     p.add_argument("--hidden_weight", type=float, default=0.0,
                    help="weight of the replaced layers' hidden-state matching (normalised MSE; 0 = KL only)")
     # data
@@ -49,7 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--warmup_steps", type=int, default=20, help="linear warmup steps")
     p.add_argument("--eval_every", type=int, default=25, help="validation KL every N steps (-1 = only at the end)")
-    p.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1 = only at the end)")
+    p.add_argument("--save_every", type=int, default=-1,
+                   help="checkpoint every N steps (0 = about four per run; -1 = only at the end)")
+    p.add_argument("--keep_last", type=int, default=0, help="keep only the newest N checkpoints (0 = keep all)")
     p.add_argument("--stop_at_step", type=int, default=-1, help="stop after this step as if killed (resume tests)")
     p.add_bool("--resume", False, "continue from the last checkpoint of --output_tag")
     # runtime
@@ -69,6 +73,7 @@ def main(argv=None):
     T.seed_everything(args.seed)
     n_threads = T.set_threads(args.num_threads, device)
     from nanochat.checkpoint_manager import SOURCES, find_last_step, load_checkpoint, load_model, save_checkpoint
+    from nanochat.train.checkpoints import SaveSchedule, prune
     from nanochat.hybridize import DistillLoss, build_student, evaluate_kl, trainable_parameters
     from nanochat.retrieval.kb import KnowledgeBase
     from scripts.base_train import pack_rows
@@ -137,9 +142,11 @@ def main(argv=None):
         meta = {"step": step, "model_config": asdict(student.config), "model_tag": out_tag, "source": args.source,
                 "lineage": {**lineage, "steps": step}, "metrics": metrics, "lr": args.lr,
                 "cursor": loader.cursor.to_dict(), "args": {k: v for k, v in vars(args).items() if k != "config_files"}}
+        resume.save_train_state(ckpt_dir, step, loader.cursor, rank)
+        T.barrier()  # every rank's state is on disk before meta (written last) marks the step complete
         if rank == 0:
             save_checkpoint(str(ckpt_dir), step, student.state_dict(), optimizer.state_dict(), meta, tokenizer=tokenizer)
-        resume.save_train_state(ckpt_dir, step, loader.cursor, rank)
+            prune(ckpt_dir, args.keep_last)
         T.barrier()
 
     # -----------------------------------------------------------------------------
@@ -149,6 +156,7 @@ def main(argv=None):
         print0(f"step 0 | val KL {val:.4f}")
         log.log(step=0, val_loss=val)
     student.train()
+    schedule = SaveSchedule(args.save_every, 0, args.steps)  # --save_every 0: about four checkpoints per run
     bar = progress.progress_bar(args.steps, initial=start, desc="hybridize", rank=rank)
     tput, t0, metrics = progress.Throughput(), time.time(), {"train_loss": None, "val_kl": None}
     for step in range(start, args.steps):
@@ -171,7 +179,7 @@ def main(argv=None):
             print0(f"step {done}/{args.steps} | loss {metrics['train_loss']:.4f} | val KL {val:.4f}")
         log.log(step=done, loss=metrics["train_loss"], val_loss=val, lr=lr, tokens_per_s=round(tput.rate()),
                 elapsed_s=round(time.time() - t0, 1))
-        if done == args.steps or (args.save_every > 0 and done % args.save_every == 0) or done == args.stop_at_step:
+        if done == args.steps or schedule.step_due(done) or done == args.stop_at_step:
             save(done, dict(metrics))
         if done == args.stop_at_step:
             print0(f"--stop_at_step {done}: stopping as if killed")

@@ -78,6 +78,10 @@ def test_attention_weights_land_where_mamba_in_the_llama_puts_them():
     rand, _ = build_student(teacher, "T,M,T,M", init="random")
     assert {k: v.shape for k, v in rand.state_dict().items()} == {k: v.shape for k, v in s.items()}
     assert not torch.equal(rand.transformer.h[1].mixer.in_proj.weight, W)
+    assert rand.transformer.h[1].mixer.out_proj.weight.abs().sum() == 0  # the project's new Mamba layer: identity
+    noisy, _ = build_student(teacher, "T,M,T,M", init="random_out")
+    assert noisy.transformer.h[1].mixer.out_proj.weight.std() > 0.01  # mamba-ssm's nn.Linear init
+    assert torch.equal(noisy.transformer.h[1].mixer.in_proj.weight, rand.transformer.h[1].mixer.in_proj.weight)
 
 
 def test_patterns_that_do_not_replace_attention_are_refused():
@@ -152,3 +156,12 @@ def test_torchrun_two_ranks(world):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     model, _, meta = load_model("base", "cpu", "eval", model_tag="ddp", base_dir=world["base"])
     assert meta["lineage"]["steps"] == 2 and model.config.block_pattern == ["T", "T", "M", "M"]
+
+
+def test_periodic_checkpoints_keep_the_newest(world):
+    """--save_every 0 = about four checkpoints per run (the workflow's cadence), --keep_last prunes older ones."""
+    ckpt = hybridize.main(args(world, "--steps", "8", "--eval_every", "-1", "--output_tag", "cadence",
+                               "--save_every", "0", "--keep_last", "2"))
+    assert sorted(p.name for p in ckpt.glob("model_*.pt")) == ["model_000006.pt", "model_000008.pt"]
+    assert sorted(p.name for p in ckpt.glob("train_state_*.pt")) == ["train_state_000006_rank0.pt",
+                                                                     "train_state_000008_rank0.pt"]
