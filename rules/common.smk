@@ -12,10 +12,11 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 from nanochat.pipeline import code_deps
 from nanochat.pipeline import config as wf_config
+from nanochat.pipeline import jobs as wf_jobs
 from nanochat.pipeline import launch as wf_launch
 from nanochat.retrieval.registry import NEEDS_EMBEDDINGS, RETRIEVERS
 
-wf_launch.use_checkout(workflow.basedir)
+wf_jobs.use_checkout(workflow.basedir)
 
 
 # the schema names registries (x-registry) for its lists of choices; validate against it with them filled in

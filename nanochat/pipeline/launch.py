@@ -1,17 +1,13 @@
-"""What a rule needs around a library entry point: imports from the checkout, the job's log, torchrun,
-done-markers of trainings, and a resume that never continues from stale checkpoints."""
+"""What a training rule needs around its launcher: torchrun (behind a parent-death guard), done-markers of
+trainings, and a resume that never continues from stale checkpoints."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import importlib
 import json
 import logging
-import os
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
 from nanochat.common import atomic_write_json, setup_logging, sha256_file
@@ -36,45 +32,6 @@ def torchrun_prefix(gpus: int, nodes: int = 1, port: int = 29500) -> str:
     return (f"{GUARD} srun --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc_per_node={nproc}"
             f" --rdzv_backend=c10d --rdzv_id=$SLURM_JOB_ID --rdzv_endpoint={head}:{port}")
 
-def use_checkout(basedir) -> None:
-    """Let every job import nanochat/ and scripts/ from this checkout (PYTHONPATH is inherited by jobs)."""
-    paths = [str(basedir)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-
-@contextlib.contextmanager
-def log_to(path):
-    """Send this process's stdout and stderr (file descriptors too, so C extensions and tqdm) to a log file."""
-    setup_logging()
-    if path is None:
-        yield
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "a", buffering=1, encoding="utf-8") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-def call_main(smk, module: str, argv: list) -> None:
-    """Run `<module>.main(argv)` with the job's log as stdout/stderr; a non-zero return fails the job."""
-    log = smk.log[0] if len(smk.log) else None
-    if log:
-        Path(log).unlink(missing_ok=True)
-    with log_to(log):
-        rc = importlib.import_module(module).main([str(a) for a in argv])
-    if rc not in (None, 0) and not isinstance(rc, (Path, str, dict)):
-        raise SystemExit(f"{module} exited with status {rc} (see {log})")
-
 def _last_step(checkpoint_dir: Path) -> int:
     steps = [int(p.stem.split("_")[-1]) for p in checkpoint_dir.glob("model_*.pt") if p.stem.split("_")[-1].isdigit()]
     if not steps:
@@ -98,7 +55,7 @@ def mark_checkpoint(checkpoint_dir, output) -> dict:
 def resume_settings(settings: str) -> str:
     """The training flags that decide what is learned: the checkpoint cadence flags left out, so that saving more
     or less often never throws a partial run away."""
-    from nanochat.train.args import CHECKPOINT_CADENCE_FLAGS
+    from nanochat.train.checkpoints import CHECKPOINT_CADENCE_FLAGS
     words, kept = shlex.split(settings), []
     i = 0
     while i < len(words):

@@ -7,7 +7,7 @@ from nanochat.cli import ArgumentParser
 from nanochat.retrieval.registry import RETRIEVERS
 
 # When to save, not what is learned: changing them must not discard a partial run (nanochat.pipeline.launch).
-CHECKPOINT_CADENCE_FLAGS = ("--save_every", "--save_every_minutes", "--keep_last")
+from nanochat.train.checkpoints import CHECKPOINT_CADENCE_FLAGS  # noqa: F401  (when to save, not what is learned)
 
 
 # The checkpoint families a fine-tune starts from (nanochat.checkpoint_manager.SOURCES names their directories):

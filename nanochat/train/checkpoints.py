@@ -21,6 +21,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+# flags that decide when a run saves, not what it learns: changing them keeps a partial run resumable
+CHECKPOINT_CADENCE_FLAGS = ("--save_every", "--save_every_minutes", "--keep_last")
+
 logger = logging.getLogger("nanochat.train")
 
 LOCK_FILE = "trainer.lock"

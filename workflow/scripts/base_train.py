@@ -1,5 +1,6 @@
 """Rule base_train: scripts.base_train, then the done-marker (base_model.json) that Snakemake tracks."""
-from nanochat.pipeline.launch import call_main, mark_checkpoint
+from nanochat.pipeline.jobs import call_main
+from nanochat.pipeline.launch import mark_checkpoint
 
 p = snakemake.params  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "scripts.base_train", [  # noqa: F821

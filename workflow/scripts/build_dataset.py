@@ -1,6 +1,6 @@
 """Rule build_dataset: nanochat.rag.dataset (RAFT mix, single-hop or multi_hop by the run's mode -> tokenised
 {train,val} shards + manifest.json)."""
-from nanochat.pipeline.launch import call_main
+from nanochat.pipeline.jobs import call_main
 
 i, p = snakemake.input, snakemake.params  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "nanochat.rag.dataset", [  # noqa: F821

@@ -1,5 +1,5 @@
 """Rule check_leakage: nanochat.data.leakage (exits non-zero above max_leak_rate, which stops the run)."""
-from nanochat.pipeline.launch import call_main
+from nanochat.pipeline.jobs import call_main
 
 i = snakemake.input  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "nanochat.data.leakage", [  # noqa: F821

@@ -1,5 +1,5 @@
 """Rule chunk_documents: nanochat.data.chunking (documents.jsonl -> chunks.parquet)."""
-from nanochat.pipeline.launch import call_main
+from nanochat.pipeline.jobs import call_main
 
 p = snakemake.params  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "nanochat.data.chunking",  # noqa: F821

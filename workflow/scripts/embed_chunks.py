@@ -1,5 +1,5 @@
 """Rule embed_chunks: nanochat.retrieval.embeddings (chunks.parquet -> embeddings.npy)."""
-from nanochat.pipeline.launch import call_main
+from nanochat.pipeline.jobs import call_main
 
 p = snakemake.params  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "nanochat.retrieval.embeddings",  # noqa: F821

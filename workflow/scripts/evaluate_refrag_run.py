@@ -1,7 +1,7 @@
 """Rule evaluate_refrag_run: scripts.refrag_eval on the held-out test queries (REFRAG vs RAG vs no retrieval)."""
 import shlex
 
-from nanochat.pipeline.launch import call_main
+from nanochat.pipeline.jobs import call_main
 
 i, p = snakemake.input, snakemake.params  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "scripts.refrag_eval", [  # noqa: F821

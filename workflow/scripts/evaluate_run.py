@@ -1,5 +1,5 @@
 """Rule evaluate_run: scripts.rag_eval on the held-out test queries (metrics.json carries the KB's kb_id)."""
-from nanochat.pipeline.launch import call_main
+from nanochat.pipeline.jobs import call_main
 
 i, p = snakemake.input, snakemake.params  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "scripts.rag_eval", [  # noqa: F821

@@ -1,6 +1,7 @@
 """Rule import_model: scripts.import_nanochat (an existing checkpoint -> <base_dir>/base_checkpoints/<model>/ and its
 tokenizer), then the done-marker (model.json) that Snakemake tracks."""
-from nanochat.pipeline.launch import call_main, mark_checkpoint
+from nanochat.pipeline.jobs import call_main
+from nanochat.pipeline.launch import mark_checkpoint
 
 p = snakemake.params  # noqa: F821 (injected by Snakemake)
 step = [] if p.step is None else ["--step", p.step]

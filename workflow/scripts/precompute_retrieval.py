@@ -1,5 +1,5 @@
 """Rule precompute_retrieval: nanochat.retrieval.precompute (k_max chunks per query and hop, all splits)."""
-from nanochat.pipeline.launch import call_main
+from nanochat.pipeline.jobs import call_main
 
 i, p = snakemake.input, snakemake.params  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "nanochat.retrieval.precompute", [  # noqa: F821

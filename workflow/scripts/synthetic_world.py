@@ -1,5 +1,5 @@
 """Rule synthetic_world: the guide's `prepare_rag_dataset --mode synthetic` into results/synthetic/."""
-from nanochat.pipeline.launch import call_main
+from nanochat.pipeline.jobs import call_main
 
 p = snakemake.params  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "scripts.prepare_rag_dataset",  # noqa: F821

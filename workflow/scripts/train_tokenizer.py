@@ -1,5 +1,5 @@
 """Rule train_tokenizer: scripts.tok_train on the KB text."""
-from nanochat.pipeline.launch import call_main
+from nanochat.pipeline.jobs import call_main
 
 p = snakemake.params  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "scripts.tok_train",  # noqa: F821

@@ -1,5 +1,5 @@
 """Rule validate_documents: nanochat.data.documents (valid records + rejected records with reasons)."""
-from nanochat.pipeline.launch import call_main
+from nanochat.pipeline.jobs import call_main
 
 i, o = snakemake.input, snakemake.output  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "nanochat.data.documents",  # noqa: F821

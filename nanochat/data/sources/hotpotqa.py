@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from nanochat.cli import ArgumentParser, output_dir
-from nanochat.common import atomic_write_json, sha256_file, print0
+from nanochat.common import atomic_write_json, sha256_file
 from nanochat.data.queries import write_queries
 from nanochat.data.jsonl import read_jsonl, write_jsonl
 
@@ -96,22 +95,9 @@ def convert_hotpotqa(input_path, output_dir, seed: int = 0, fractions=(0.8, 0.1,
     return manifest
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Convert HotpotQA (HF distractor JSONL) to documents + split query files.")
-    p.add_argument("--input", required=True, help="HotpotQA JSONL (e.g. /work/shared/data/hotpotqa/dev.jsonl)")
-    p.add_argument("--output", type=output_dir, required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0, help="seed of the question split")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="share of questions in val")
-    p.add_argument("--test_fraction", type=float, default=0.1, help="share of questions in test")
-    return p
-
-
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    fr = (1 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction)
-    m = convert_hotpotqa(args.input, args.output, args.seed, fr)
-    print0(f"wrote {m['n_documents']} documents and queries {m['n_queries']} to {args.output}")
-    return 0
+    from nanochat.data.sources.__main__ import run_source
+    return run_source("hotpotqa", argv)
 
 
 if __name__ == "__main__":

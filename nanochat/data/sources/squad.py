@@ -12,8 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from nanochat.cli import ArgumentParser, output_dir
-from nanochat.common import atomic_write_json, sha256_file, print0
+from nanochat.common import atomic_write_json, sha256_file
 from nanochat.data.queries import write_queries
 from nanochat.data.jsonl import write_jsonl
 
@@ -82,22 +81,9 @@ def convert_squad(input_path, output_dir, seed: int = 0, fractions=(0.7, 0.15, 0
     return manifest
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Convert SQuAD v1.1 JSON to documents + split query files.")
-    p.add_argument("--input", required=True, help="SQuAD v1.1 JSON (e.g. /work/shared/data/squad/dev.json)")
-    p.add_argument("--output", type=output_dir, required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0, help="seed of the article split")
-    p.add_argument("--val_fraction", type=float, default=0.15, help="share of articles in val")
-    p.add_argument("--test_fraction", type=float, default=0.15, help="share of articles in test")
-    return p
-
-
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    fr = (1 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction)
-    m = convert_squad(args.input, args.output, args.seed, fr)
-    print0(f"wrote {m['n_documents']} documents, queries {m['n_queries']} (articles {m['n_articles']}) to {args.output}")
-    return 0
+    from nanochat.data.sources.__main__ import run_source
+    return run_source("squad", argv)
 
 
 if __name__ == "__main__":
