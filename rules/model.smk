@@ -146,6 +146,7 @@ rule hybridize:
         "python -m nanochat.pipeline.launch prepare_resume --checkpoint_dir {params.checkpoint_dir:q}"
         " --inputs {input.kb:q} {input.teacher:q} {input.code:q} --settings {params.flags:q} > {log:q} 2>&1"
         " && {params.launcher} -m scripts.hybridize --knowledge_base {params.kb_dir:q} --base_dir {params.base_dir:q}"
-        " --device {params.device:q} {params.flags} --num_threads {threads} --resume true >> {log:q} 2>&1"
+        " --device {params.device:q} {params.flags} --save_every 0 --keep_last 2 --num_threads {threads} --resume true"
+        " >> {log:q} 2>&1"
         " && python -m nanochat.pipeline.launch mark_checkpoint --checkpoint_dir {params.checkpoint_dir:q}"
         " --output {output.marker:q} >> {log:q} 2>&1"
