@@ -4,6 +4,12 @@ A byte-level BPE (HuggingFace `tokenizers`) with nanochat's GPT-4-style split re
 special tokens that frame a chat: nanochat's set and ours for system prompts, retrieved documents
 and retrieval hops. Saved as `tokenizer.json` + `tokenizer_meta.json` (no pickle).
 
+Upstream nanochat's `tokenizer.pkl` (a pickled tiktoken Encoding) is read without running pickle code
+(nanochat.upstream.tokenizer_pkl) and rebuilt with the same ids; the special tokens it lacks get the
+next ids, and `origin` records them (the model grows rows for them: GPT.grow_vocab).
+`content_hash()` identifies a tokenizer by what it does (vocabulary, merges, split regex, special
+tokens), whatever file it came from; checkpoints record it and loading checks it.
+
 Special tokens only ever come from `encode_special` / `prepend` / `append` / the renderer: user text
 that happens to contain "<|bos|>" is encoded as ordinary text, so documents cannot inject control tokens.
 
@@ -27,7 +33,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
-from nanochat.common import atomic_write_json, atomic_write_text, get_base_dir, sha256_file
+from nanochat.common import atomic_write_json, atomic_write_text, get_base_dir, sha256_file, sha256_text
 
 SPECIAL_TOKENS = [
     "<|bos|>",  # every document / conversation starts with this
@@ -46,6 +52,7 @@ SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| 
 
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
+UPSTREAM_PICKLE = "tokenizer.pkl"  # upstream nanochat's format, read by from_upstream_pickle
 ROLES = ("system", "user", "assistant", "retrieval")
 OVERFLOW_MODES = ("error", "report")
 MIN_DOC_TOKENS = 16  # a document cut shorter than this is dropped instead
@@ -54,8 +61,9 @@ MIN_DOC_TOKENS = 16  # a document cut shorter than this is dropped instead
 class Tokenizer:
     """Thin wrapper over a HF `tokenizers.Tokenizer` with nanochat's method names."""
 
-    def __init__(self, hf_tokenizer: HFTokenizer):
+    def __init__(self, hf_tokenizer: HFTokenizer, origin: dict | None = None):
         self.tok = hf_tokenizer
+        self.origin = dict(origin or {})  # where it came from if not trained here (e.g. an upstream tokenizer.pkl)
         self.tok.encode_special_tokens = True  # literal "<|bos|>" in text stays text
         missing = [s for s in SPECIAL_TOKENS if self.tok.token_to_id(s) is None]
         assert not missing, f"tokenizer lacks special tokens {missing}"
@@ -85,12 +93,16 @@ class Tokenizer:
 
     @classmethod
     def from_directory(cls, path) -> "Tokenizer":
+        """tokenizer.json (this project's), else tokenizer.pkl (upstream nanochat's)."""
         path = Path(path)
         file = path / TOKENIZER_FILE
         if not file.is_file():
-            raise FileNotFoundError(f"tokenizer not found: {file} does not exist. Train one with "
+            if (path / UPSTREAM_PICKLE).is_file():
+                return cls.from_upstream_pickle(path / UPSTREAM_PICKLE)
+            raise FileNotFoundError(f"tokenizer not found: neither {file} nor {path / UPSTREAM_PICKLE} (upstream "
+                                    f"nanochat's) exists. Train one with "
                                     f"`python -m scripts.tok_train --knowledge_base KB --output {path}`")
-        meta_path = path / META_FILE
+        meta, meta_path = {}, path / META_FILE
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             actual = sha256_file(file)
@@ -101,18 +113,47 @@ class Tokenizer:
         missing = [s for s in SPECIAL_TOKENS if hf.token_to_id(s) is None]
         if missing:
             raise ValueError(f"{file}: special tokens missing: {missing}; retrain with nanochat.tokenizer")
-        return cls(hf)
+        return cls(hf, meta.get("origin"))
+
+    @classmethod
+    def from_upstream_pickle(cls, path) -> "Tokenizer":
+        """Upstream nanochat's tokenizer.pkl, ids kept; the project's special tokens it lacks are appended."""
+        from nanochat.upstream.bpe import add_special_tokens, hf_from_ranks
+        from nanochat.upstream.tokenizer_pkl import read_encoding
+        enc = read_encoding(path)  # refuses any pickle but a tiktoken Encoding, running nothing
+        hf = hf_from_ranks(enc.pat_str, enc.mergeable_ranks, enc.special_tokens)
+        first = hf.get_vocab_size(with_added_tokens=True)
+        added = {name: first + i for i, name in enumerate(s for s in SPECIAL_TOKENS if s not in enc.special_tokens)}
+        add_special_tokens(hf, added)
+        origin = {"format": "tiktoken-pickle", "pickle_sha256": sha256_file(path), "encoding_name": enc.name,
+                  "upstream_vocab_size": enc.n_vocab, "added_special_tokens": added}
+        return cls(hf, origin)
+
+    def content_hash(self) -> str:
+        """"sha256:..." of what the tokenizer does: vocabulary, merges, split regexes, special tokens (not the file)."""
+        from nanochat.upstream.bpe import split_patterns
+        spec = json.loads(self.tok.to_str())
+        model = spec.get("model", {})
+        merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges", [])]
+        added = spec.get("added_tokens", [])
+        vocab = {**model.get("vocab", {}), **{t["content"]: t["id"] for t in added}}  # wherever a token is stored
+        canon = {"vocab": sorted(vocab.items(), key=lambda kv: kv[1]), "merges": merges,
+                 "ignore_merges": bool(model.get("ignore_merges", False)),
+                 "special": sorted((t["id"], t["content"]) for t in added if t.get("special")),
+                 "split": split_patterns(spec.get("pre_tokenizer"))}
+        return "sha256:" + sha256_text(json.dumps(canon, ensure_ascii=False, separators=(",", ":")))
 
     def save(self, path) -> Path:
         """Write tokenizer.json then tokenizer_meta.json (last, with the json's sha256), atomically."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path / TOKENIZER_FILE, self.tok.to_str())
-        atomic_write_json(path / META_FILE, {
-            "format": "nanochat-bpe", "version": 1, "vocab_size": self.get_vocab_size(),
-            "special_tokens": SPECIAL_TOKENS, "split_pattern": SPLIT_PATTERN,
-            "sha256": sha256_file(path / TOKENIZER_FILE),
-        })
+        meta = {"format": "nanochat-bpe", "version": 1, "vocab_size": self.get_vocab_size(),
+                "special_tokens": SPECIAL_TOKENS, "split_pattern": SPLIT_PATTERN,
+                "sha256": sha256_file(path / TOKENIZER_FILE), "hash": self.content_hash()}
+        if self.origin:
+            meta["origin"] = self.origin
+        atomic_write_json(path / META_FILE, meta)
         return path
 
     # ---- vocabulary

@@ -129,14 +129,50 @@ def run_query(split):
 
 
 def run_tokenizer(wildcards):
-    """Tokenizer of the run's knowledge base."""
-    return f"results/models/{run_cfg(wildcards)['knowledge_base']}/tokenizer/tokenizer_meta.json"
+    """Tokenizer a run tokenises with: its knowledge base's, or its imported checkpoint's."""
+    run = run_cfg(wildcards)
+    return wf_config.tokenizer_meta(config, run["knowledge_base"], run["model"])
 
 
 def run_base_model(wildcards):
-    """Done-marker of the run's base model."""
+    """Done-marker of the model a run starts from (trained here, hybridized, or imported)."""
     run = run_cfg(wildcards)
-    return f"results/models/{run['knowledge_base']}/{run['model']}/base_model.json"
+    return wf_config.base_model_done(config, run["knowledge_base"], run["model"])
+
+
+def models_matching(test):
+    """Wildcard regex of the models entries for which test(entry) holds (never matches when there are none)."""
+    names = wf_config.models_where(config, test)
+    return "|".join(names) if names else "(?!)"
+
+
+def checkpoint_setting(key, default=None):
+    """Params function: one key of the checkpoint: block of the models entry named by {size}."""
+
+    def setting(wildcards):
+        return config["models"][wildcards.size]["checkpoint"].get(key, default)
+
+    return setting
+
+
+def imported_checkpoint_files(wildcards):
+    """The files the import of {size} reads (model, meta of the chosen step; upstream's tokenizer.pkl)."""
+    return wf_config.pretrained_inputs(config["models"][wildcards.size])
+
+
+def imported_model(wildcards):
+    """Done-marker of the imported checkpoint that {size} is hybridized from."""
+    return f"{wf_config.imported_dir(wildcards.size)}/model.json"
+
+
+def requires_mamba(wildcards):
+    """`true` when {size} is fine-tuned as imported (no hybridize: block): RAG needs its Mamba layers."""
+    return str(not wf_config.is_hybridized(config["models"][wildcards.size])).lower()
+
+
+def hybridize_flags(wildcards):
+    """scripts.hybridize flags of {size} on {kb} (also the fingerprint that decides --resume)."""
+    return wf_config.hybridize_args(config, wildcards.kb, wildcards.size)
 
 
 def run_start_model(wildcards):
@@ -152,12 +188,6 @@ def base_model_tag(wildcards):
 def base_checkpoint_dir(wildcards):
     """<base_dir>/base_checkpoints/<tag>/, where scripts.base_train saves (not a Snakemake output: see train.smk)."""
     return f"{config['base_dir']}/base_checkpoints/{base_model_tag(wildcards)}"
-
-
-def run_base_model_tag(wildcards):
-    """Checkpoint tag of the base model a run starts from."""
-    run = run_cfg(wildcards)
-    return wf_config.base_model_tag(run["knowledge_base"], run["model"])
 
 
 def run_checkpoint_done(wildcards):

@@ -40,7 +40,8 @@ def main(argv=None, stdin=None, stdout=None):
                         help="index to search (default: the fine-tune's when the KB has it, else simple)")
     parser.add_argument("--top_k", type=int, default=None,
                         help="documents per question, per hop with refrag (default: the fine-tune's, else 5)")
-    parser.add_argument("--source", default="rag", help="checkpoint family: rag | refrag | base | mid")
+    parser.add_argument("--source", default="rag",
+                        help="checkpoint family: rag | refrag | base | mid | sft, or a checkpoint directory")
     parser.add_argument("--model_tag", default=None, help="checkpoint tag (default: largest model)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: last)")
     parser.add_argument("--base_dir", default=None, help="checkpoints root (default $NANOCHAT_BASE_DIR)")

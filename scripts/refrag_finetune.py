@@ -29,13 +29,13 @@ from nanochat.common import print0
 from nanochat.retrieval.hop_strategies import DEFAULT_STRATEGY, offline_choices
 from nanochat.train import data as train_data
 from nanochat.train import reward_phase as RP
-from nanochat.train.args import finetune_parser
+from nanochat.train.args import START_SOURCES, finetune_parser
 from nanochat.train.session import FineTune
 
 
 def build_parser():
     p = finetune_parser("REFRAG fine-tuning (multi-hop retrieval + rewards; Mamba / hybrid models)", mode="refrag",
-                        sources=("base", "mid", "rag"), device_batch_size=2, max_doc_length=200, eval_examples=-1)
+                        sources=(*START_SOURCES, "rag"), device_batch_size=2, max_doc_length=200, eval_examples=-1)
     p.add_argument("--max_hops", type=int, default=3, help="retrieval rounds per question")
     p.add_argument("--top_k_per_hop", type=int, default=3, help="new documents per round")
     p.add_bool("--use_rewards", default=True, help="run the reward phase after the supervised warm-up")

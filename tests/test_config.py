@@ -20,7 +20,8 @@ SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 def effective_schema(tmp_path_factory):
     """What the workflow validates against: the schema with its registries' names filled in."""
     return wf_config.write_schema(tmp_path_factory.mktemp("schema") / "config.schema.json")
-CONFIGS = ["config/config.yaml", "tests/workflow/config_tiny.yaml", "tests/workflow/config_multi.yaml"]
+CONFIGS = ["config/config.yaml", "tests/workflow/config_tiny.yaml", "tests/workflow/config_multi.yaml",
+           "tests/workflow/config_upstream.yaml"]
 
 
 def load(rel):
@@ -43,6 +44,11 @@ def test_schema_documents_every_key():
     schema = yaml.safe_load(Path(SCHEMA).read_text())
 
     def walk(node, path):
+        while "$ref" in node:  # "#/definitions/x"
+            node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+        for branch in ("then", "else"):  # models: a scratch size or an existing checkpoint
+            if branch in node:
+                walk(node[branch], f"{path}<{branch}>")
         for key, sub in node.get("properties", {}).items():
             where = f"{path}.{key}"
             assert "description" in sub, f"{where}: no description"
@@ -52,7 +58,7 @@ def test_schema_documents_every_key():
             walk(sub, where)
         if isinstance(node.get("additionalProperties"), dict):
             walk(node["additionalProperties"], path + ".<name>")
-        if node.get("type") == "object":
+        if node.get("type") == "object" and "if" not in node:
             assert node.get("additionalProperties") is not None, f"{path}: additionalProperties not set"
 
     walk(schema, "config")
@@ -141,3 +147,74 @@ def test_fine_tune_parsers_share_one_definition():
     assert list(refrag["hop_strategy"].choices) == offline_choices()
     # where the guide gives REFRAG its own default, the parser has it
     assert (rag["device_batch_size"].default, refrag["device_batch_size"].default) == (4, 2)
+
+
+def pretrained_config():
+    return copy.deepcopy(load("tests/workflow/config_upstream.yaml"))
+
+
+def test_a_checkpoint_model_gets_its_defaults_and_none_of_a_scratch_size(effective_schema):
+    """models entries are one of two kinds; only the kind that applies fills its defaults (if/then/else, not oneOf)."""
+    config = pretrained_config()
+    config["models"]["tiny"] = {"depth": 2}
+    validate(config, effective_schema)
+    up, tiny = config["models"]["upstream_d4"], config["models"]["tiny"]
+    assert up["checkpoint"]["source"] == "base" and up["checkpoint"]["step"] is None
+    assert up["hybridize"]["init"] == "attention" and up["hybridize"]["lr"] == 0.001 and up["hybridize"]["steps"] == 4
+    assert set(up) == {"checkpoint", "hybridize"}  # no depth, n_embd, max_steps... from the scratch kind
+    assert tiny["n_embd"] == 128 and "checkpoint" not in tiny
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: m["checkpoint"].update(source="chat"), "'chat' is not one of"),
+    (lambda m: m["hybridize"].pop("block_pattern"), "'block_pattern' is a required property"),
+    (lambda m: m["hybridize"].update(block_pattern="T,T,X,M"), "does not match"),
+    (lambda m: m["hybridize"].update(init="zeros"), "'zeros' is not one of"),
+    (lambda m: m.update(depth=4), "Additional properties are not allowed ('depth'"),
+    (lambda m: m["checkpoint"].pop("model_tag"), "'model_tag' is a required property"),
+])
+def test_checkpoint_model_errors_are_clear(mutate, message, effective_schema):
+    config = pretrained_config()
+    mutate(config["models"]["upstream_d4"])
+    with pytest.raises(WorkflowError) as err:
+        validate(config, effective_schema)
+    assert message in str(err.value), str(err.value)
+
+
+def test_a_checkpoint_that_is_not_there_is_named(effective_schema, tmp_path):
+    config = pretrained_config()
+    validate(config, effective_schema)
+    config["models"]["upstream_d4"]["checkpoint"]["step"] = 7
+    config["models"]["other"] = {"checkpoint": {"base_dir": str(tmp_path), "source": "sft", "model_tag": "d20"}}
+    with pytest.raises(ValueError) as err:
+        wf_config.check_config_references(config)
+    text = str(err.value)
+    assert f"models.other.checkpoint: {tmp_path}/chatsft_checkpoints/d20 does not exist" in text
+    assert "models.upstream_d4.checkpoint.step: tests/fixtures/nanochat_upstream/2026-07-92d63d4/base_checkpoints/d4/" \
+           "meta_000007.json does not exist (steps there: 000060)" in text
+
+
+def test_runs_of_a_checkpoint_model_start_from_it_with_its_tokenizer(effective_schema):
+    config = pretrained_config()
+    validate(config, effective_schema)
+    config["models"]["plain"] = {"checkpoint": {"base_dir": "x", "source": "base", "model_tag": "d4"}}  # no hybridize
+    assert wf_config.start_tag(config, "tiny", "upstream_d4") == "tiny.upstream_d4"  # the per-KB hybrid
+    assert wf_config.base_model_done(config, "tiny", "upstream_d4") == "results/models/tiny/upstream_d4/base_model.json"
+    assert wf_config.start_tag(config, "tiny", "plain") == "plain"  # the import itself, shared by every KB
+    assert wf_config.base_model_done(config, "tiny", "plain") == "results/imported/plain/model.json"
+    assert wf_config.tokenizer_meta(config, "tiny", "plain") == "results/imported/plain/tokenizer/tokenizer_meta.json"
+    assert "--source base --model_tag tiny.upstream_d4" in wf_config.finetune_args(config, "tiny_rag")
+
+
+def test_the_from_checkpoint_example_is_the_default_but_for_the_model(effective_schema):
+    """config/from_checkpoint.yaml (the issue-13 run): valid, and its runs are config.yaml's with another model."""
+    config, default = load("config/from_checkpoint.yaml"), load("config/config.yaml")
+    validate(config, effective_schema)
+    validate(default, effective_schema)
+    assert wf_config.is_hybridized(config["models"]["hybrid_tiny"])
+    for mine, theirs in (("hybrid_rag", "synthetic_rag"), ("hybrid_refrag", "synthetic_refrag")):
+        run, ref = dict(config["runs"][mine]), dict(default["runs"][theirs])
+        assert run.pop("model") == "hybrid_tiny" and ref.pop("model") == "tiny"
+        for key in ("init_from", "compare_with"):
+            assert (run.pop(key, None) or "").replace("hybrid", "synthetic") == (ref.pop(key, None) or "")
+        assert run == ref, mine

@@ -69,6 +69,7 @@ def test_require_mamba_message():
     msg = str(e.value)
     assert msg.startswith("RAG requires Mamba or hybrid models")
     assert '--block_pattern "T,T,T,T,T,T,T,T,M,M,M,M,M,M,M,M,M,M,M,M"' in msg  # the guide's fix, for 20 layers
+    assert "python -m scripts.hybridize --source base" in msg  # or distil the transformer into a hybrid
     with pytest.raises(ValueError, match='--block_pattern "T,T,M,M,M"'):
         require_mamba(GPTConfig(n_layer=5, n_head=2, n_embd=32, mamba_version=1))
     require_mamba(tiny_config("T,M"))  # hybrid passes

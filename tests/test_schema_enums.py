@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 
 from nanochat.blocks import BLOCKS
+from nanochat.checkpoint_manager import SOURCES
+from nanochat.hybridize import INITS, TRAINABLE
 from nanochat.data.documents import VALIDATION_MODES
 from nanochat.retrieval.hop_strategies import NEEDS_MODEL, STRATEGIES
 from nanochat.pipeline.config import schema_with_registries
@@ -29,6 +31,9 @@ REGISTRIES = {
     "runs.*.retriever_type": lambda: list(RETRIEVERS),
     "runs.*.hop_strategy": offline_choices,
     "knowledge_bases.*.validation": lambda: list(VALIDATION_MODES),
+    "models.*.checkpoint.source": lambda: list(SOURCES),
+    "models.*.hybridize.init": lambda: list(INITS),
+    "models.*.hybridize.train": lambda: list(TRAINABLE),
 }
 # enums with no registry in the library, and why
 NO_REGISTRY = {
@@ -37,14 +42,29 @@ NO_REGISTRY = {
 }
 
 
-def enums(node, path=""):
-    """(dotted path, enum) for every enum in the schema; '*' stands for a named entry (additionalProperties)."""
+def resolve(node, schema):
+    """A node with its `$ref` ("#/definitions/x") followed."""
+    while "$ref" in node:
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            schema = schema[part]
+        node = schema
+    return node
+
+
+def enums(node, path="", schema=None):
+    """(dotted path, enum) for every enum in the schema; '*' stands for a named entry (additionalProperties);
+    `$ref`s and both branches of an if/then/else are followed."""
+    schema = schema or node
+    node = resolve(node, schema)
     if "enum" in node:
         yield path, node["enum"]
     for key, sub in node.get("properties", {}).items():
-        yield from enums(sub, f"{path}.{key}" if path else key)
+        yield from enums(sub, f"{path}.{key}" if path else key, schema)
     if isinstance(node.get("additionalProperties"), dict):
-        yield from enums(node["additionalProperties"], f"{path}.*")
+        yield from enums(node["additionalProperties"], f"{path}.*", schema)
+    for branch in ("then", "else"):
+        if branch in node:
+            yield from enums(node[branch], path, schema)
 
 
 def test_schema_enums_equal_registries():
@@ -60,9 +80,11 @@ def test_schema_enums_equal_registries():
 
 
 def test_block_pattern_letters_equal_block_registry():
-    pattern = RAW_SCHEMA["properties"]["models"]["additionalProperties"]["properties"]["block_pattern"]["pattern"]
+    defs = RAW_SCHEMA["definitions"]
     letters = "".join(BLOCKS)
-    assert pattern == f"^[{letters}](,[{letters}])*$"
+    for pattern in (defs["scratch_model"]["properties"]["block_pattern"]["pattern"],
+                    defs["pretrained_model"]["properties"]["hybridize"]["properties"]["block_pattern"]["pattern"]):
+        assert pattern == f"^[{letters}](,[{letters}])*$"
 
 
 def test_workflow_spells_out_no_registry_list():

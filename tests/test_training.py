@@ -17,11 +17,11 @@ from nanochat.train import progress
 from nanochat.train import resume
 
 
-def tiny_model(pattern="T,M", vocab=64, seed=0):
+def tiny_model(pattern="T,M", vocab=64, seed=0, **options):
     from nanochat.gpt import GPT, GPTConfig
     torch.manual_seed(seed)
     cfg = GPTConfig(sequence_len=64, vocab_size=vocab, n_layer=len(pattern.split(",")), n_head=2, n_embd=32,
-                    block_pattern=pattern, mamba_version=1)
+                    block_pattern=pattern, mamba_version=1, **options)
     model = GPT(cfg)
     model.init_weights()
     torch.nn.init.normal_(model.lm_head.weight, std=0.05)  # non-trivial logits so losses differ
@@ -60,8 +60,20 @@ def test_loss_ignores_prompt_tokens_and_depends_on_answer():
     assert abs(model(x, y2).item() - base) > 1e-6
 
 
-def test_supervised_loss_matches_gpt_forward():
-    model = tiny_model("T,M,T")
+# upstream nanochat's Jul-2026 features (value embeddings, smear, backout, lambdas, a padded vocabulary): the fast
+# path must compute them too, or fine-tuning an upstream model would train a different function than it runs
+UPSTREAM_2026 = dict(rotary_base=100000.0, qk_scale=1.2, window_pattern="SL", value_embeds=True, smear=True,
+                     backout=True, layer_lambdas=True, pad_vocab_size_to=48)
+
+
+@pytest.mark.parametrize("options", [{}, UPSTREAM_2026], ids=["project", "upstream-2026"])
+def test_supervised_loss_matches_gpt_forward(options):
+    model = tiny_model("T,M,T", **options)
+    if options:  # the neutral init of the extra scalars would hide a path that skips them
+        with torch.no_grad():
+            model.smear_lambda.fill_(0.5)
+            model.backout_lambda.fill_(0.3)
+            model.x0_lambdas.fill_(0.2)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 64, (3, 40), generator=g)
     y = torch.randint(0, 64, (3, 40), generator=g)

@@ -1,4 +1,5 @@
-"""Mamba block: x + mixer(norm(x)), then x + mlp(norm(x)).
+"""Mamba block: x + mixer(norm(x)), then x + mlp(norm(x)) (the MLP is optional: mamba_use_mlp=False,
+as in the nanochat-turbo fork's blocks).
 
 The mixer comes from `nanochat.mamba.create_mamba_mixer`, so its parameters are named
 exactly as in mamba-ssm (`in_proj`, `conv1d`, ..., `out_proj`) under the `mixer.` prefix and a
@@ -17,6 +18,8 @@ def mixer_kwargs(config):
     kw = dict(d_state=config.mamba_d_state, d_conv=config.mamba_d_conv, expand=config.mamba_expand)
     if config.mamba_version == 2:
         kw["headdim"] = config.mamba_headdim
+        if config.mamba_ngroups != 1:  # one B/C group per attention head after hybridize (nanochat.hybridize)
+            kw["ngroups"] = config.mamba_ngroups
     return kw
 
 
@@ -30,7 +33,7 @@ class MambaBlock(Block):
         self.version = config.mamba_version
         self.kw = mixer_kwargs(config)
         self.mixer = create_mamba_mixer(config.n_embd, config.mamba_version, layer_idx, **self.kw)
-        self.mlp = MLP(config.n_embd)
+        self.mlp = MLP(config.n_embd) if config.mamba_use_mlp else None
         self.d_inner = config.mamba_expand * config.n_embd
         self.d_state = config.mamba_d_state
 
@@ -50,7 +53,8 @@ class MambaBlock(Block):
         else:
             y = self.mixer(h, inference_params=params)  # (B, T, C)
         x = x + y
-        x = x + self.mlp(norm(x))
+        if self.mlp is not None:
+            x = x + self.mlp(norm(x))
         return x
 
     def _prefill_rows(self, h, params, pad_mask):
@@ -79,7 +83,8 @@ class MambaBlock(Block):
         fresh = create_mamba_mixer(self.n_embd, self.version, self.layer_idx, device="cpu", **self.kw)
         self.mixer.load_state_dict(fresh.state_dict())
         nn.init.zeros_(self.mixer.out_proj.weight)  # residual branch starts as identity, as c_proj does
-        self.mlp.init_weights()
+        if self.mlp is not None:
+            self.mlp.init_weights()
 
     def extra_flops_per_token(self, seq_len):
         # selective scan: ~6 FLOPs per (channel, state) element forward, x3 with backward (approximate)

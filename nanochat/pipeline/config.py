@@ -22,9 +22,9 @@ def get_path(d: dict, dpath: str):
     return d
 
 def check_config_references(config: dict) -> None:
-    """Every run names an existing knowledge base and model size, k_max >= top_k, and retrievers are tuned on
-    train/val questions only (never a run's test file)."""
-    problems = []
+    """Every run names an existing knowledge base and model, k_max >= top_k, a model that names an existing
+    checkpoint finds it, and retrievers are tuned on train/val questions only (never a run's test file)."""
+    problems = [p for name, model in config["models"].items() for p in check_pretrained(name, model)]
     for name, run in config["runs"].items():
         if run["knowledge_base"] not in config["knowledge_bases"]:
             problems.append(f"runs.{name}.knowledge_base: '{run['knowledge_base']}' is not a key of knowledge_bases "
@@ -62,16 +62,99 @@ def check_config_references(config: dict) -> None:
     if problems:
         raise ValueError("invalid workflow config:\n  " + "\n  ".join(problems))
 
+# -----------------------------------------------------------------------------
+# Models: trained from scratch per (KB, size), or an existing nanochat checkpoint (`checkpoint:`), imported once and
+# optionally hybridized per KB (`hybridize:`)
+
+def is_pretrained(model: dict) -> bool:
+    """A models entry that names an existing checkpoint instead of sizes to train from scratch."""
+    return "checkpoint" in model
+
+def is_hybridized(model: dict) -> bool:
+    return is_pretrained(model) and model.get("hybridize") is not None
+
+def models_where(config: dict, test) -> list[str]:
+    """Names of the models entries for which test(entry) holds (wildcard constraints of the model rules)."""
+    return sorted(name for name, m in config["models"].items() if test(m))
+
+def pretrained_checkpoint_dir(config_model: dict) -> Path:
+    """<checkpoint.base_dir>/<family>_checkpoints/<model_tag>/ of a pretrained entry."""
+    from nanochat.checkpoint_manager import SOURCES
+    c = config_model["checkpoint"]
+    return Path(c["base_dir"]) / f"{SOURCES[c.get('source', 'base')]}_checkpoints" / c["model_tag"]
+
+def check_pretrained(name: str, model: dict) -> list[str]:
+    """Problems with a pretrained entry that show before anything runs: its checkpoint (step) is not there."""
+    if not is_pretrained(model):
+        return []
+    d = pretrained_checkpoint_dir(model)
+    step = model["checkpoint"].get("step")
+    if not d.is_dir():
+        return [f"models.{name}.checkpoint: {d} does not exist (base_dir/<family>_checkpoints/model_tag)"]
+    metas = sorted(d.glob("meta_*.json"))
+    if step is None and not metas:
+        return [f"models.{name}.checkpoint: no meta_<step>.json in {d}"]
+    if step is not None and not (d / f"meta_{step:06d}.json").is_file():
+        return [f"models.{name}.checkpoint.step: {d}/meta_{step:06d}.json does not exist "
+                f"(steps there: {', '.join(m.stem.split('_')[-1] for m in metas) or 'none'})"]
+    return []
+
+def pretrained_inputs(config_model: dict) -> list[str]:
+    """The files an import reads (so that Snakemake redoes it when they change): the chosen step's model and meta,
+    and upstream's tokenizer.pkl when the base dir has one."""
+    from nanochat.checkpoint_manager import find_last_step
+    d = pretrained_checkpoint_dir(config_model)
+    step = config_model["checkpoint"].get("step")
+    step = find_last_step(d) if step is None else step
+    files = [d / f"model_{step:06d}.pt", d / f"meta_{step:06d}.json"]
+    pkl = Path(config_model["checkpoint"]["base_dir"]) / "tokenizer" / "tokenizer.pkl"
+    return [str(f) for f in files + ([pkl] if pkl.is_file() else [])]
+
+def imported_dir(model: str) -> str:
+    """results/imported/<model>/: the import's done-marker (model.json) and the checkpoint's tokenizer."""
+    return f"results/imported/{model}"
+
 def base_model_tag(kb: str, size: str) -> str:
-    """Checkpoint tag of the base model for one KB and size (names cannot contain dots, so this is unique)."""
+    """Checkpoint tag of the base model for one KB and size, trained or hybridized (names cannot contain dots,
+    so this is unique)."""
     return f"{kb}.{size}"
+
+def start_tag(config: dict, kb: str, model: str) -> str:
+    """Tag under <base_dir>/base_checkpoints/ of the model runs of (kb, model) fine-tune: the per-KB base model
+    (trained or hybridized), or an imported checkpoint as it is (one per model, whatever the KB)."""
+    m = config["models"][model]
+    return model if is_pretrained(m) and not is_hybridized(m) else base_model_tag(kb, model)
+
+def base_model_done(config: dict, kb: str, model: str) -> str:
+    """Done-marker of the model runs of (kb, model) fine-tune."""
+    m = config["models"][model]
+    if is_pretrained(m) and not is_hybridized(m):
+        return f"{imported_dir(model)}/model.json"
+    return f"results/models/{kb}/{model}/base_model.json"
+
+def tokenizer_meta(config: dict, kb: str, model: str) -> str:
+    """The tokenizer runs of (kb, model) tokenise with: the KB's own for a model trained here, the checkpoint's
+    for an imported one (its ids are what the model learnt)."""
+    if is_pretrained(config["models"][model]):
+        return f"{imported_dir(model)}/tokenizer/tokenizer_meta.json"
+    return f"results/models/{kb}/tokenizer/tokenizer_meta.json"
+
+def hybridize_args(config: dict, kb: str, model: str) -> str:
+    """scripts.hybridize flags of a hybridized model on one KB (besides KB, base dir, device and --resume)."""
+    h = config["models"][model]["hybridize"]
+    args = ["--source", "base", "--model_tag", model, "--output_tag", base_model_tag(kb, model),
+            "--block_pattern", h["block_pattern"], "--steps", h["steps"], "--lr", h["lr"],
+            "--warmup_steps", h["warmup_steps"], "--device_batch_size", h["device_batch_size"],
+            "--max_seq_len", h["max_seq_len"], "--init", h["init"], "--train", h["train"],
+            "--hidden_weight", h["hidden_weight"], "--seed", h["seed"]]
+    return " ".join(shlex.quote(str(a)) for a in args)
 
 def start_model_done(config: dict, run: str) -> str:
     """Done-marker of the model a run starts from: the init_from rag run's, else the base model's."""
     r = config["runs"][run]
     if r.get("init_from"):
         return finetune_done_path(config, r["init_from"])
-    return f"results/models/{r['knowledge_base']}/{r['model']}/base_model.json"
+    return base_model_done(config, r["knowledge_base"], r["model"])
 
 def finetune_done_path(config: dict, run: str) -> str:
     """done.json written last by scripts.{rag,refrag}_finetune into the run's checkpoint directory."""
@@ -97,7 +180,7 @@ def finetune_args(config: dict, run_name: str) -> str:
     t = run["train"]
     start = run.get("init_from")  # refrag on top of a rag run's model, else the base model
     source = ["--source", "rag", "--model_tag", start] if start else \
-        ["--source", "base", "--model_tag", base_model_tag(run["knowledge_base"], run["model"])]
+        ["--source", "base", "--model_tag", start_tag(config, run["knowledge_base"], run["model"])]
     args = [*source,
             "--output_tag", run_name, "--base_dir", config["base_dir"], "--device", config["device"],
             "--retriever_type", run["retriever_type"], "--top_k", run["top_k"],

@@ -195,7 +195,7 @@ def eval_parser(description: str, retrieval_help: str, source: str, max_tokens: 
     p.add_argument("--retrieval", required=True, help=retrieval_help)
     p.add_argument("--queries_test", required=True, help="held-out queries JSONL")
     p.add_argument("--split", default="test", help="split name of these queries in the retrieval table")
-    p.add_argument("--source", default=source, help="checkpoint family (base | mid | rag | refrag) or a checkpoint directory")
+    p.add_argument("--source", default=source, help="checkpoint family (base | mid | sft | rag | refrag) or a checkpoint directory")
     p.add_argument("--model_tag", default=None, help="checkpoint tag (default: largest model)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: last)")
     p.add_argument("--base_dir", default=None, help="checkpoints root (default $NANOCHAT_BASE_DIR)")
@@ -234,7 +234,7 @@ def main(argv=None):
     p.add_argument("--training_csv", default=None, help="fine-tune metrics.csv for the curves plot (default: beside the checkpoint)")
     args = p.parse_args(argv)
 
-    from nanochat.common import get_base_dir
+    from nanochat.checkpoint_manager import checkpoint_dir_of
     from nanochat.retrieval.precompute import load_precomputed
     from nanochat.data.queries import load_queries
     from nanochat.rag import plots
@@ -260,7 +260,7 @@ def main(argv=None):
     plots.em_by_hops(metrics, out / "em_by_hops.png")
     ckpt_csv = Path(args.training_csv) if args.training_csv else None
     if ckpt_csv is None and meta.get("model_tag"):
-        ckpt_csv = get_base_dir(args.base_dir) / f"{args.source}_checkpoints" / meta["model_tag"] / "metrics.csv"
+        ckpt_csv = checkpoint_dir_of(args.source, meta["model_tag"], args.base_dir) / "metrics.csv"
     if ckpt_csv is not None and ckpt_csv.is_file():
         plots.training_curves(ckpt_csv, out / "training_curves.png")
     atomic_write_json(out / "metrics.json", metrics)  # last: the workflow's declared output

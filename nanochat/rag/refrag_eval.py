@@ -168,8 +168,8 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     from nanochat.rag import multihop_data as MD
     from nanochat.rag import plots
-    from nanochat.checkpoint_manager import load_model
-    from nanochat.common import atomic_write_json, get_base_dir, print0, setup_logging, write_csv
+    from nanochat.checkpoint_manager import checkpoint_dir_of, load_model
+    from nanochat.common import atomic_write_json, print0, setup_logging, write_csv
     from nanochat.rag.evaluation import load_evaluated
     from nanochat.retrieval.precompute import load_precomputed
     from nanochat.data.queries import load_queries
@@ -236,8 +236,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "per_question.csv", rows)
     plots.em_by_hops(metrics, out / "em_by_hops.png", title="EM by hop count: REFRAG vs RAG vs no retrieval")
-    ckpt_dir = Path(args.source) if Path(args.source).is_dir() else \
-        get_base_dir(args.base_dir) / f"{args.source}_checkpoints" / str(meta.get("model_tag"))
+    ckpt_dir = checkpoint_dir_of(args.source, str(meta.get("model_tag")), args.base_dir)
     if (ckpt_dir / "rewards.csv").is_file():  # written by scripts.refrag_finetune beside its checkpoints
         plots.plot_reward_curve(ckpt_dir / "rewards.csv", out / "rewards.png")
     atomic_write_json(out / "metrics.json", metrics)  # last: the workflow's declared output

@@ -10,7 +10,12 @@ from nanochat.retrieval.registry import RETRIEVERS
 from nanochat.train.checkpoints import CHECKPOINT_CADENCE_FLAGS  # noqa: F401  (when to save, not what is learned)
 
 
-def finetune_parser(description: str, mode: str, sources: tuple[str, ...] = ("base", "mid"),
+# The checkpoint families a fine-tune starts from (nanochat.checkpoint_manager.SOURCES names their directories):
+# base models (trained here, or upstream nanochat's), upstream's mid-trained (before Jan 2026) and chat-SFT models.
+START_SOURCES = ("base", "mid", "sft")
+
+
+def finetune_parser(description: str, mode: str, sources: tuple[str, ...] = START_SOURCES,
                     device_batch_size: int = 4, max_doc_length: int = 300, eval_examples: int = 256) -> ArgumentParser:
     """The flags both fine-tunes share (the guide's first); `mode` names the output family (<mode>_checkpoints/)."""
     p = ArgumentParser(description=description)
@@ -37,7 +42,9 @@ def finetune_parser(description: str, mode: str, sources: tuple[str, ...] = ("ba
     p.add_argument("--task_samples", type=int, default=-1,
                    help="general conversations mixed in (-1 = one per 4 retrieval examples)")
     # model source and output
-    p.add_argument("--source", default="mid", choices=list(sources), help="checkpoint family to start from")
+    p.add_argument("--source", default="mid", choices=list(sources),
+                   help="checkpoint family to start from: <base_dir>/{base,mid,chatsft,rag}_checkpoints/ (sft = "
+                        "upstream nanochat's chatsft_checkpoints)")
     p.add_argument("--model_tag", default=None,
                    help="source checkpoint tag (default: largest model); also the output tag")
     p.add_argument("--output_tag", default=None,

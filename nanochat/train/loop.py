@@ -138,31 +138,24 @@ class SupervisedLoss(torch.nn.Module):
 
     In a RAG example ~10 of ~300 tokens are the answer: projecting every position onto the vocabulary
     (plus softcap and log-softmax over (B, T, V)) is most of the head's cost and all of it wasted. Same
-    math as GPT.forward (trunk, final norm, lm_head, tanh softcap, cross-entropy ignoring -1), checked
-    against it in tests/test_training.py; models without that structure fall back to model(x, y).
-    Wrap this module (not the GPT) in DDP so gradients still synchronise.
+    math as GPT.forward (GPT.trunk, then GPT.head_logits on the kept rows, cross-entropy ignoring -1),
+    checked against it in tests/test_training.py; models without that split, or with a copy head (it needs
+    every position as a key), fall back to model(x, y). Wrap this module (not the GPT) in DDP so gradients
+    still synchronise.
     """
 
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.fast = (all(hasattr(model, a) for a in ("transformer", "lm_head", "cos", "sin"))
-                     and getattr(model, "copy_head", None) is None)  # a copy head needs every position as a key
+        self.fast = (all(hasattr(model, a) for a in ("trunk", "head_logits"))
+                     and getattr(model, "copy_head", None) is None)
 
     def forward(self, idx, targets, loss_reduction: str = "mean"):
         if not self.fast:
             return self.model(idx, targets, loss_reduction=loss_reduction)
-        from nanochat.blocks import norm
-        from nanochat.gpt import SOFTCAP
-        m, T = self.model, idx.size(1)
-        cos_sin = m.cos[:, :T], m.sin[:, :T]  # (1, T, 1, D/2)
-        x = norm(m.transformer.wte(idx))  # (B, T, C)
-        for block in m.transformer.h:
-            x = block(x, cos_sin, None)
         keep = targets != IGNORE_INDEX  # (B, T)
-        h = norm(x)[keep]  # (N, C) supervised positions only
-        logits = m.lm_head(h).float()  # (N, V)
-        logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
+        h = self.model.trunk(idx)[keep]  # (N, C) supervised positions only
+        logits = self.model.head_logits(h)  # (N, V)
         if h.size(0) == 0:  # nothing supervised in this batch: a zero that keeps the graph
             return logits.sum() * 0.0
         return torch.nn.functional.cross_entropy(logits, targets[keep], reduction=loss_reduction)

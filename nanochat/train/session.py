@@ -36,21 +36,51 @@ from nanochat.train.lifeline import follow_parent, launched_by_torchrun
 
 
 def load_source_model(args, device, base_dir):
-    """The checkpoint to fine-tune; a fresh machine without a base/mid model gets the two commands that make one."""
+    """The checkpoint to fine-tune; when there is none, the commands that make or bring one (no_source_help)."""
     from nanochat.checkpoint_manager import load_model
     from nanochat.gpt import require_mamba
     try:
         model, tokenizer, meta = load_model(args.source, device, phase="train", model_tag=args.model_tag,
                                             step=args.step, base_dir=base_dir)
     except FileNotFoundError as e:
-        if args.source not in ("base", "mid"):
-            raise
-        raise SystemExit(f"error: {e}\nNo '{args.source}' model to fine-tune. Train a small hybrid base model "
-                         f"from your documents first:\n  python -m scripts.tok_train --knowledge_base "
-                         f"{args.knowledge_base}\n  python -m scripts.base_train configs/base_tiny_cpu.py "
-                         f"--knowledge_base {args.knowledge_base}\nthen run this command with --source base.") from None
-    require_mamba(model.config)  # "RAG requires Mamba or hybrid models" for pure transformers
+        raise SystemExit(no_source_help(args, base_dir, e)) from None
+    require_mamba(model.config)  # "RAG requires Mamba or hybrid models", naming scripts.hybridize
     return model, tokenizer, meta
+
+
+def no_source_help(args, base_dir, error) -> str:
+    """The error, then what to do: another --source that has checkpoints here, an upstream nanochat checkpoint put
+    in place (and made a hybrid), or a small hybrid base model trained from the documents."""
+    from nanochat.checkpoint_manager import SOURCES, checkpoints_root
+    root = checkpoints_root(args.source, base_dir)
+    if root.is_dir() and any(root.iterdir()) and args.model_tag is not None:
+        return f"error: {error}"  # the family exists: a wrong tag or step, and the message lists what is there
+    family, present = SOURCES[args.source], {}
+    for name, other in SOURCES.items():
+        d = checkpoints_root(name, base_dir)
+        if other != family and d.is_dir() and other not in {SOURCES[n] for n in present}:
+            tags = sorted(t.name for t in d.iterdir() if t.is_dir() and any(t.glob("meta_*.json")))
+            if tags:
+                present[name] = tags
+    kb = args.knowledge_base
+    lines = [f"error: {error}", f"No '{args.source}' model to fine-tune in {base_dir}."]
+    if present:
+        lines.append("Checkpoints that are there: " + "; ".join(f"--source {n} (tags {', '.join(t)})"
+                                                               for n, t in present.items()))
+    lines += [
+        "Bring your own nanochat model: put it in upstream's layout under the base dir ($NANOCHAT_BASE_DIR or "
+        f"--base_dir),\n  {base_dir}/{family}_checkpoints/<tag>/model_<step>.pt + meta_<step>.json and "
+        f"{base_dir}/tokenizer/tokenizer.pkl + token_bytes.pt;",
+        "  an all-attention model becomes a hybrid (RAG needs Mamba layers) by distillation:",
+        f"  python -m scripts.hybridize --source {args.source} --model_tag <tag> --knowledge_base {kb} "
+        f"--block_pattern T,T,M,M  (one letter per layer)",
+        f"  then run this command with --source {args.source} --model_tag hybrid-<tag>.",
+        "Or train a small hybrid base model from your documents:",
+        f"  python -m scripts.tok_train --knowledge_base {kb}",
+        f"  python -m scripts.base_train configs/base_tiny_cpu.py --knowledge_base {kb}",
+        "  then run this command with --source base.",
+    ]
+    return "\n".join(lines)
 
 
 def extend_context(model, max_seq_len: int) -> None:
