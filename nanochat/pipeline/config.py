@@ -80,7 +80,8 @@ def finetune_args(config: dict, run_name: str) -> str:
     args = [*source,
             "--output_tag", run_name, "--base_dir", config["base_dir"], "--device", config["device"],
             "--retriever_type", run["retriever_type"], "--top_k", run["top_k"],
-            "--num_epochs", t["num_epochs"], "--max_steps", t["max_steps"],
+            "--num_epochs", t["num_epochs"], "--max_steps", t["max_steps"], "--min_steps", t.get("min_steps", 0),
+            "--warmup_frac", t.get("warmup_frac", 0.0),
             "--device_batch_size", t["device_batch_size"], "--max_seq_len", t["max_seq_len"],
             "--max_doc_length", t["max_doc_length"], "--p_gold", t["p_gold"], "--seed", t["seed"],
             # periodic checkpoints, so that a killed, timed-out or preempted job resumes mid-run

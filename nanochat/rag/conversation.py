@@ -15,11 +15,6 @@ SYSTEM_PROMPT = ("Answer the question using only the retrieved documents and cit
 MIN_DOC_WORDS = 16  # shortest document budget tried before an example is skipped
 
 
-SYSTEM_PROMPT = ("Answer the question using only the retrieved documents and cite them as [n]. "
-                 "If they do not contain the answer, say so.")
-
-MIN_DOC_WORDS = 16  # shortest document budget tried before an example is skipped
-
 def truncate_words(text: str, max_words: int | None) -> str:
     words = text.split()
     return text if max_words is None or len(words) <= max_words else " ".join(words[:max_words])
@@ -59,7 +54,7 @@ def build_conversation(question: str, documents: list[dict] | None, answer: str 
     return {"messages": messages}
 
 
-def answer_target(answer: str, cited: list[int], quotes: list[str] | None = None) -> str:
+def answer_target(answer: str, cited: list[int], quotes: list[str] | None = None, cite: str = "after") -> str:
     """Assistant text for an answer: a leading space makes the answer tokenize exactly as it does inside a
     document (" Hilluxlom" is one BPE token, "Hilluxlom" is two others), so answering is a literal copy.
 
@@ -68,6 +63,8 @@ def answer_target(answer: str, cited: list[int], quotes: list[str] | None = None
     instead of one jump from the question to the answer span; evaluation scores the part after `Answer:`.
     """
     cites = " ".join(f"[{n}]" for n in cited)
+    if cite == "before" and not quotes:
+        return f" {cites} {answer.strip()}" if cites else f" {answer.strip()}"
     if quotes:
         return " " + " ".join(quotes) + f" {cites}\n{ANSWER_MARKER} {answer.strip()} {cites}"
     return f" {answer.strip()} {cites}"
