@@ -16,8 +16,9 @@ from nanochat.retrieval.registry import RETRIEVERS
 
 def chat_turn(engine, retriever, query: str, top_k: int = 5, max_tokens: int = 200,
               system: str | None = None,
-              max_doc_length: int = -1):
-    """Retrieve, build the guide's conversation, generate -> (answer, documents)."""
+              max_doc_length: int = -1, abstain_threshold: float | None = None):
+    """Retrieve, build the guide's conversation, generate -> (answer, documents). With abstain_threshold, an
+    answer whose mean token probability is below it becomes the abstention sentence (nanochat.rag.confidence)."""
     from nanochat.rag.conversation import SYSTEM_PROMPT  # the prompt the model was fine-tuned with
     system = system or SYSTEM_PROMPT
     docs = retriever.retrieve(query, top_k=top_k)
@@ -29,6 +30,10 @@ def chat_turn(engine, retriever, query: str, top_k: int = 5, max_tokens: int = 2
                                  {"role": "retrieval", "documents": doc_dicts},
                                  {"role": "user", "content": query}]}
     response, _ = engine.generate_from_conversation(conversation, max_tokens=max_tokens)
+    if abstain_threshold is not None:
+        from nanochat.rag.confidence import answer_confidence, apply_threshold
+        conf = answer_confidence(engine.model, engine.tokenizer, conversation, response, max_tokens)
+        response = apply_threshold(response, conf, abstain_threshold)
     return response.strip(), docs
 
 
@@ -44,7 +49,12 @@ def main(argv=None, stdin=None, stdout=None):
     parser.add_argument("--base_dir", default=None, help="checkpoints root (default $NANOCHAT_BASE_DIR)")
     parser.add_argument("--max_tokens", type=int, default=200, help="answer length cap in tokens")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    parser.add_argument("--abstain_threshold", default=None,
+                        help="abstain when the answer's mean token probability is below this: a number or the "
+                             "calibration.json written by scripts.rag_eval --abstain_threshold auto")
     args = parser.parse_args(argv)
+    from nanochat.rag.confidence import resolve_threshold
+    threshold = resolve_threshold(args.abstain_threshold)
 
     from nanochat.checkpoint_manager import load_model
     from nanochat.engine import Engine
@@ -71,7 +81,7 @@ def main(argv=None, stdin=None, stdout=None):
         if not query:
             continue
         response, docs = chat_turn(engine, retriever, query, top_k, args.max_tokens,
-                                   max_doc_length=max_doc_length)
+                                   max_doc_length=max_doc_length, abstain_threshold=threshold)
         print(f"Assistant: {response}", file=stdout)
         print(f"\n[Sources: {', '.join(d.title for d in docs[:3])}]", file=stdout, flush=True)
     return 0

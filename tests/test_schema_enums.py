@@ -9,6 +9,8 @@ import yaml
 
 from nanochat.blocks import BLOCKS
 from nanochat.data.synthetic import WORLDS
+from nanochat.rag.conversation import CITE_STYLES
+from nanochat.rag.raft import NEGATIVES
 from nanochat.data.documents import VALIDATION_MODES
 from nanochat.retrieval.hop_strategies import NEEDS_MODEL, STRATEGIES
 from nanochat.retrieval.registry import RETRIEVERS
@@ -28,6 +30,8 @@ REGISTRIES = {
     "runs.*.hop_strategy": offline_strategies,
     "knowledge_bases.*.validation": lambda: list(VALIDATION_MODES),
     "synthetic.world": lambda: list(WORLDS),
+    "runs.*.train.negatives": lambda: list(NEGATIVES),
+    "runs.*.train.cite": lambda: list(CITE_STYLES),
 }
 # enums with no registry in the library, and why
 NO_REGISTRY = {

@@ -58,10 +58,14 @@ def finetune_done_path(config: dict, run: str) -> str:
     return f"{config['base_dir']}/{mode}_checkpoints/{run}/done.json"
 
 def dataset_args(run: dict) -> str:
-    """nanochat.rag.dataset flags of a run's mode: multi_hop shards (documents per hop) for refrag."""
+    """nanochat.rag.dataset flags of a run's mode (multi_hop shards, documents per hop, for refrag) and of its
+    abstention and citation recipe (train.negatives, train.cite, train.p_first_hop)."""
+    t = run.get("train", {})
+    recipe = f"--negatives {t.get('negatives', 'no_gold')}"
     if run.get("mode", "rag") == "refrag":
-        return f"--mode refrag --max_hops {run['max_hops']} --hop_strategy {run.get('hop_strategy', 'entities')}"
-    return "--mode rag"
+        return (f"--mode refrag --max_hops {run['max_hops']} --hop_strategy {run.get('hop_strategy', 'entities')} "
+                f"{recipe} --p_first_hop {t.get('p_first_hop', 0.0)}")
+    return f"--mode rag {recipe} --cite {t.get('cite', 'after')}"
 
 def hop_args(run: dict) -> str:
     """Precompute flags: multi-hop (top_k per hop) for refrag, one hop for rag."""
@@ -93,4 +97,17 @@ def finetune_args(config: dict, run_name: str) -> str:
                  "--max_new_tokens", run.get("evaluate", {}).get("max_new_tokens", 32),
                  "--use_rewards", str(run["use_rewards"]).lower(), "--rl_steps", t["rl_steps"],
                  "--num_samples", t["num_samples"], "--rl_lr_frac", t.get("rl_lr_frac", 0.1)]
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def eval_args(run: dict) -> str:
+    """Evaluation flags from a run's evaluate section: the optional abstention threshold (rag runs; `auto`
+    calibrates on the run's validation queries, which the rule passes as --queries_val) and adaptive hopping
+    (refrag runs)."""
+    e = run.get("evaluate", {})
+    args = []
+    if run.get("mode", "rag") == "refrag":
+        args += ["--adaptive_hops", str(bool(e.get("adaptive_hops", False))).lower()]
+    elif e.get("abstain_threshold") is not None:
+        args += ["--abstain_threshold", e["abstain_threshold"]]
     return " ".join(shlex.quote(str(a)) for a in args)

@@ -13,6 +13,9 @@ from nanochat.rag.metrics import ANSWER_MARKER, contains_answer
 SYSTEM_PROMPT = ("Answer the question using only the retrieved documents and cite them as [n]. "
                  "If they do not contain the answer, say so.")
 MIN_DOC_WORDS = 16  # shortest document budget tried before an example is skipped
+# Where an answer's [n] citations go (answer_target's `cite`): after the answer (" Paris [2]") or before it
+# (" [2] Paris": the document is chosen first, then read).
+CITE_STYLES = ("after", "before")
 
 
 def truncate_words(text: str, max_words: int | None) -> str:

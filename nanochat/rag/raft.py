@@ -22,6 +22,11 @@ from nanochat.rag.conversation import ChunkStore, answer_target, build_conversat
 from nanochat.rag.metrics import ABSTAIN_ANSWER, contains_answer
 
 
+# What an example without the answer shows (make_example's `negatives`): every gold document removed, or only the
+# one the answer is read from (a multi-hop question keeps its bridge document, as single-hop retrieval shows it).
+NEGATIVES = ("no_gold", "answer_doc")
+
+
 def hits_by_query(table: pd.DataFrame, split: str) -> dict[str, list[tuple[str, str, float]]]:
     """query_id -> [(chunk_id, doc_id, score)] in (hop, rank) order, one split."""
     t = table[table["split"] == split].sort_values(["query_id", "hop", "rank"], kind="stable")

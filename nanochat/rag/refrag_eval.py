@@ -161,6 +161,9 @@ def build_parser():
                    "(retrieval and no_retrieval) when it showed rag_top_k documents, instead of generating them again")
     p.add_bool("--counterfactual", default=True,
                help="ask the REFRAG model again with the answer fact rewritten in the gold documents it was shown")
+    p.add_bool("--adaptive_hops", default=False,
+               help="stop hopping when the first hop suffices: show one hop, take the next only when the model "
+                    "abstains (for models trained with first-hop examples, nanochat.rag.dataset --p_first_hop)")
     return p
 
 
@@ -211,7 +214,16 @@ def main(argv=None) -> dict:
     print0(f"refrag_eval: {len(items)} questions; refrag {meta.get('model_tag')} ({max_hops} hops x {per_hop}); "
            f"rag {args.rag_model_tag or '-'} (top {rag_top_k}{', answers from ' + str(args.rag_eval) if reused else ''}); "
            f"max_tokens {args.max_tokens}")
+    adaptive = {}
+    if args.adaptive_hops:  # the REFRAG condition hops only while the model abstains
+        refrag_rows = evaluate_adaptive(model, tokenizer, items, args.max_tokens)
+        adaptive = {"refrag": (summarize(refrag_rows, items, max_hops), refrag_rows)}
+        models.pop("refrag")
     by_label, rows = compare_conditions(models, items, args.max_tokens, max_hops)
+    for label, (summary, label_rows) in adaptive.items():
+        summary["hops_used"] = float(np.mean([r["hops_used"] for r in label_rows]))
+        by_label = {label: summary, **by_label}
+        rows = label_rows + rows
     for label, label_rows in (reused or {}).items():  # the RAG run's own answers: RAG model, with and without documents
         by_label[label] = summarize(label_rows, None, max_hops)
         rows += label_rows
@@ -231,6 +243,7 @@ def main(argv=None) -> dict:
                "em_by_hops": {h: {label: s["em_by_hops"].get(h, math.nan) for label, s in by_label.items()}
                               for h in ref["em_by_hops"]},
                "max_hops": max_hops, "top_k_per_hop": per_hop, "rag_top_k": rag_top_k, "too_long": too_long,
+               "adaptive_hops": bool(args.adaptive_hops), "hops_used": ref.get("hops_used"),
                **{k: v for k, v in trust.get("refrag", {}).items() if k not in ("n", "em")},
                "kb_id": kb.kb_id, "model_source": args.source, "model_tag": meta.get("model_tag"),
                "model_step": meta.get("step"), "rag_model_tag": args.rag_model_tag,
@@ -333,3 +346,45 @@ def trust_by_condition(rows: list[dict]) -> dict:
         if cond != "no_retrieval":
             out[cond] = trust_eval.trust_metrics([r for r in rows if r["condition"] == cond])
     return out
+
+
+# -----------------------------------------------------------------------------
+# Adaptive hopping: stop when the first hop suffices
+
+def first_hops(message: dict, n: int) -> dict:
+    """The multi-hop message cut to its first n hops."""
+    return {**message, "hops": message["hops"][:n]} if message.get("multi_hop") else message
+
+
+def evaluate_adaptive(model, tokenizer, items: list[dict], max_tokens: int = 32,
+                      desc: str = "refrag (adaptive)") -> list[dict]:
+    """The REFRAG condition with adaptive hopping: ask after the first hop, and take the next hop only when the
+    model abstains (it learned to abstain when the documents so far lack the answer: p_first_hop in training).
+    One-hop questions are then answered from one hop's documents, not crowded by a second hop's; a two-hop
+    question costs one more generation. Sets item["message"] to the message finally shown and row["hops_used"]."""
+    from nanochat.rag import metrics as M
+    pending = list(range(len(items)))
+    answers: dict[int, str] = {}
+    used: dict[int, int] = {}
+    n_max = max((len(it["message"].get("hops", [])) for it in items), default=1)
+    full = {i: it["message"] for i, it in enumerate(items)}
+    for n in range(1, n_max + 1):
+        convs = []
+        for i in pending:
+            msg = first_hops(full[i], n)  # the full message already fits (fit_items): its first hops do too
+            items[i]["message"] = msg
+            convs.append(multihop_conversation(items[i]["question"], msg))
+        texts = generate_texts(model, tokenizer, convs, max_tokens, f"{desc}: hop {n}")
+        still = []
+        for i, text in zip(pending, texts):
+            answers[i], used[i] = text, min(n, len(full[i].get("hops", [1])) or 1)
+            if M.is_abstention(text) and n < len(full[i].get("hops", [])):
+                still.append(i)
+        pending = still
+        if not pending:
+            break
+    rows = []
+    for i, it in enumerate(items):
+        row = score_row(it, "refrag", answers[i], message_documents(it["message"]))
+        rows.append({**row, "hops_used": used[i], "label": "refrag"})
+    return rows
