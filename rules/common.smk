@@ -218,6 +218,11 @@ def compare_flags(wildcards, input):
     return f"--rag_model_tag {other} --rag_retrieval {input.rag_retrieval}"
 
 
+def eval_flags(wildcards):
+    """Evaluation flags of the run's evaluate section (abstention threshold, adaptive hops)."""
+    return wf_config.eval_args(run_cfg(wildcards))
+
+
 def runs_in_mode(mode):
     """Wildcard regex matching the runs of one mode (never matches when there are none)."""
     names = [r for r in RUNS if config["runs"][r]["mode"] == mode]

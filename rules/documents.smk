@@ -21,6 +21,7 @@ rule synthetic_world:
         outdir=subpath(output.manifest, parent=True),
         seed=lookup(within=config, dpath="synthetic/seed"),
         n_entities=lookup(within=config, dpath="synthetic/n_entities"),
+        world=lookup(within=config, dpath="synthetic/world"),
     log:
         "logs/synthetic_world.log",
     benchmark:

@@ -2,9 +2,10 @@
 
 REQUIRED INPUTS: the run's done-marker, retrieval.parquet, test queries, KB
 OUTPUTS: results/runs/<run>/eval/metrics.json (carries the KB's kb_id), per_question.csv
-rag runs: scripts.rag_eval (retrieval vs no retrieval vs oracle documents).
+rag runs: scripts.rag_eval (retrieval vs no retrieval vs oracle documents vs counterfactual documents; failure
+classes; an optional abstention threshold, calibrated on the run's validation queries).
 refrag runs: scripts.refrag_eval (REFRAG vs the compare_with RAG run vs no retrieval, EM by hop count, per-hop
-recall, reward curve).
+recall, reward curve, counterfactual documents, failure classes; optionally adaptive hopping).
 """
 
 reads_config("base_dir", "device", "runs")
@@ -17,6 +18,7 @@ rule evaluate_run:
         model=run_checkpoint_done,
         retrieval="results/runs/{run}/retrieval.parquet",
         test=run_query("test"),
+        val=run_query("val"),
         code=code_of("workflow/scripts/evaluate_run.py"),
     output:
         metrics="results/runs/{run}/eval/metrics.json",
@@ -32,6 +34,7 @@ rule evaluate_run:
         top_k=run_setting("top_k"),
         max_new_tokens=run_setting("evaluate/max_new_tokens"),
         max_questions=run_setting("evaluate/max_questions"),
+        extra=eval_flags,
     log:
         "logs/evaluate_run/{run}.log",
     benchmark:
@@ -69,6 +72,7 @@ rule evaluate_refrag_run:
         compare=compare_flags,
         max_new_tokens=run_setting("evaluate/max_new_tokens"),
         max_questions=run_setting("evaluate/max_questions"),
+        extra=eval_flags,
     log:
         "logs/evaluate_refrag_run/{run}.log",
     benchmark:

@@ -1,14 +1,16 @@
-"""Cross-run report: one metrics table and one comparison plot, embedded in `snakemake --report report.html`.
+"""Cross-run report, embedded in `snakemake --report report.html`: the metrics table, a comparison plot, and per
+run EM by hop count (with retrieval, without, oracle), failure classes, recall@k curves and citation precision/recall.
 
 REQUIRED INPUTS: results/runs/<run>/eval/metrics.json for every run
-OUTPUTS: results/report/metrics.csv, results/report/metrics.png
+OUTPUTS: results/report/metrics.csv, metrics.png, em_by_hops.png, failure_classes.png, recall_at_k.png, citations.png
 """
 
 reads_config()  # only the run names, which dvc.yaml already spells out in its deps
 
 
 rule report:
-    """Collect every run's metrics (with its kb_id) into one table and plot them side by side."""
+    """Collect every run's metrics (with its kb_id) into one table and plot them side by side, with the figures
+    that tell why answers fail."""
     input:
         metrics=expand("results/runs/{run}/eval/metrics.json", run=RUNS),
         code=code_of("workflow/scripts/report.py"),
@@ -22,6 +24,26 @@ rule report:
             "results/report/metrics.png",
             caption="../workflow/report/metrics_plot.rst",
             category="Metrics",
+        ),
+        em_by_hops=report(
+            "results/report/em_by_hops.png",
+            caption="../workflow/report/em_by_hops.rst",
+            category="Answers",
+        ),
+        failures=report(
+            "results/report/failure_classes.png",
+            caption="../workflow/report/failure_classes.rst",
+            category="Answers",
+        ),
+        recall=report(
+            "results/report/recall_at_k.png",
+            caption="../workflow/report/recall_at_k.rst",
+            category="Retrieval",
+        ),
+        citations=report(
+            "results/report/citations.png",
+            caption="../workflow/report/citations.rst",
+            category="Answers",
         ),
     params:
         runs=RUNS,

@@ -49,6 +49,9 @@ def main(argv=None, stdin=None, stdout=None):
                         help="refrag: next-hop query strategy (default: the one the model was trained with)")
     parser.add_argument("--max_tokens", type=int, default=200, help="answer length cap in tokens")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    parser.add_argument("--abstain_threshold", default=None,
+                        help="abstain when the answer's mean token probability is below this: a number or the "
+                             "calibration.json written by scripts.rag_eval --abstain_threshold auto")
     args = parser.parse_args(argv)
 
     from nanochat.train.loop import set_threads
@@ -83,8 +86,10 @@ def load_pipeline(args):
         trained = meta.get("args", {}).get("retriever_type")
         retriever_type = trained if trained in KnowledgeBase.load(args.knowledge_base, verify=False).retriever_types else "simple"
     manager = RetrievalManager(retriever_type=retriever_type, knowledge_base_path=args.knowledge_base)
+    from nanochat.rag.confidence import resolve_threshold
     return ChatPipeline.from_checkpoint(Engine(model, tokenizer), manager, meta, args.source, args.max_tokens,
-                                        top_k=args.top_k, hop_strategy=args.hop_strategy), meta
+                                        top_k=args.top_k, hop_strategy=args.hop_strategy,
+                                        abstain_threshold=resolve_threshold(getattr(args, "abstain_threshold", None))), meta
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max_question_chars", type=int, default=2000, help="longest question accepted (413 beyond)")
     p.add_argument("--max_tokens", type=int, default=64, help="answer tokens when a request does not say")
     p.add_argument("--max_tokens_limit", type=int, default=256, help="most answer tokens a request may ask for")
+    p.add_argument("--abstain_threshold", default=None,
+                   help="abstain when the answer's mean token probability is below this: a number or the "
+                        "calibration.json written by scripts.rag_eval --abstain_threshold auto")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--num_threads", type=int, default=-1, help="CPU threads for torch (-1 = auto)")
     return p

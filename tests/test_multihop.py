@@ -191,3 +191,24 @@ def test_gold_missing_from_hops_is_inserted_into_its_hop():
     assert "vora#0" in [d["id"] for d in hop2] and len(hop2) == 2
     docs = message_documents(conv["messages"][1])
     assert [docs[n - 1]["id"] for n in cited] == ["acme#0", "vora#0"]
+
+
+def test_first_hop_view_answers_or_abstains_and_negatives_keep_the_bridge():
+    from nanochat.rag.conversation import ChunkStore, message_documents
+    from nanochat.rag.metrics import ABSTAIN_ANSWER
+    from nanochat.rag.multihop_data import make_multihop_example
+    store = ChunkStore(CHUNKS)
+    hops = [(1, Q, [("acme#0", "acme", 3.0), ("quix#0", "quix", 1.0)]), (2, "q2", [("vora#0", "vora", 1.0)])]
+    two_hop = {"id": "q", "question": Q, "answers": ["Zentil"], "doc_ids": ["acme", "vora"]}
+    # first hop only: the answer's document is in hop 2, so the target is the abstention (hop on)
+    conv, cited = make_multihop_example(two_hop, hops, store, 2, True, random.Random(0), None, view="first")
+    assert len(conv["messages"][1]["hops"]) == 1 and conv["messages"][-1]["content"] == ABSTAIN_ANSWER and cited == []
+    # a question the first hop answers: answered from it, citing it, whatever the RAFT draw
+    one_hop = {"id": "q1", "question": "Who founded Acme?", "answers": ["Vora"], "doc_ids": ["acme"]}
+    conv, cited = make_multihop_example(one_hop, hops, store, 2, False, random.Random(0), None, view="first")
+    docs = message_documents(conv["messages"][1])
+    assert conv["messages"][-1]["content"].startswith(" Vora [") and docs[cited[0] - 1]["id"] == "acme#0"
+    # negatives that remove only the answer's document keep the bridge (hop 1) and abstain
+    conv, cited = make_multihop_example(two_hop, hops, store, 2, False, random.Random(0), None, negatives="answer_doc")
+    ids = [d["id"] for d in message_documents(conv["messages"][1])]
+    assert "acme#0" in ids and "vora#0" not in ids and conv["messages"][-1]["content"] == ABSTAIN_ANSWER

@@ -87,3 +87,17 @@ def test_question_too_long_for_the_context_is_a_clear_error(refrag_pipeline):
         refrag_pipeline.prepare_many(["why " * 400])
     got = refrag_pipeline.prepare_many(["why " * 400, "Who founded it?"], errors="return")
     assert isinstance(got[0], ValueError) and got[1].prompt
+
+
+def test_abstain_threshold_turns_unsure_answers_into_the_abstention_sentence(chat_world):
+    """--abstain_threshold in chat (and so in the server, which shares load_pipeline): above every answer's mean
+    token probability each answer becomes the abstention sentence; at 0 nothing changes."""
+    from nanochat.rag.metrics import ABSTAIN_ANSWER
+    q = chat_world["questions"][0]["question"]
+    plain = run_chat(chat_world, "--source", "rag", "--retriever_type", "simple", questions=[q])
+    assert f"Assistant: {ABSTAIN_ANSWER}" not in plain
+    assert run_chat(chat_world, "--source", "rag", "--retriever_type", "simple", "--abstain_threshold", "0",
+                    questions=[q]) == plain
+    unsure = run_chat(chat_world, "--source", "rag", "--retriever_type", "simple", "--abstain_threshold", "1.01",
+                      questions=[q])
+    assert f"Assistant: {ABSTAIN_ANSWER}" in unsure

@@ -10,6 +10,9 @@ import yaml
 from nanochat.blocks import BLOCKS
 from nanochat.checkpoint_manager import SOURCES
 from nanochat.hybridize import INITS, TRAINABLE
+from nanochat.data.synthetic import WORLDS
+from nanochat.rag.conversation import CITE_STYLES
+from nanochat.rag.raft import NEGATIVES
 from nanochat.data.documents import VALIDATION_MODES
 from nanochat.retrieval.hop_strategies import NEEDS_MODEL, STRATEGIES
 from nanochat.pipeline.config import schema_with_registries
@@ -34,6 +37,9 @@ REGISTRIES = {
     "models.*.checkpoint.source": lambda: list(SOURCES),
     "models.*.hybridize.init": lambda: list(INITS),
     "models.*.hybridize.train": lambda: list(TRAINABLE),
+    "synthetic.world": lambda: list(WORLDS),
+    "runs.*.train.negatives": lambda: list(NEGATIVES),
+    "runs.*.train.cite": lambda: list(CITE_STYLES),
 }
 # enums with no registry in the library, and why
 NO_REGISTRY = {

@@ -20,9 +20,12 @@ then the person document; their doc_ids list both, in hop order.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from nanochat.cli import ArgumentParser, output_dir
+from nanochat.data import synthetic_music as music
 from nanochat.common import atomic_write_json, sha256_file, print0
 from nanochat.data.jsonl import write_jsonl
 
@@ -44,13 +47,13 @@ TYPE_SHARES = {"city": 0.2, "person": 0.35, "company": 0.25, "product": 0.2}
 class NameGenerator:
     """Distinct capitalised pseudo-words; never reused across the whole world (all splits)."""
 
-    def __init__(self, rng: random.Random):
-        self.rng, self.used = rng, set()
+    def __init__(self, rng: random.Random, syllables: list[str] = SYLLABLES):
+        self.rng, self.used, self.syllables = rng, set(), syllables
 
     def word(self, min_syll: int = 2, max_syll: int = 3) -> str:
         for _ in range(10_000):
             n = self.rng.randint(min_syll, max_syll)
-            w = "".join(self.rng.choice(SYLLABLES) for _ in range(n)).capitalize()
+            w = "".join(self.rng.choice(self.syllables) for _ in range(n)).capitalize()
             if w not in self.used:
                 self.used.add(w)
                 return w
@@ -160,29 +163,55 @@ def _questions(world: dict, doc_of: dict) -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class World:
+    """One generator of fictional worlds: its name syllables, entity types (with their share and document title
+    pattern), and the functions that make a split's entities, an entity's sentences and a split's questions."""
+    syllables: list[str]
+    type_shares: dict[str, float]
+    titles: dict[str, str]
+    make_split_world: Callable
+    sentences: Callable
+    questions: Callable
+
+
+# The registry of generators (CLI choices and the config schema's synthetic.world enum come from its keys).
+WORLDS: dict[str, World] = {
+    # the bundled example (default run): people, companies, products, cities
+    "companies": World(SYLLABLES, TYPE_SHARES, {"product": "The {name}"}, _make_split_world, _sentences, _questions),
+    # the second world (config/second_world.yaml): musicians, bands, albums, venues, towns
+    "music": World(music.SYLLABLES, music.TYPE_SHARES, music.TITLES, music.make_split_world, music.sentences,
+                   music.questions),
+}
+
+
 def generate_world(output_dir, seed: int = 0, n_entities: int = 2000, val_fraction: float = 0.1,
-                   test_fraction: float = 0.1, two_hop: bool = True) -> dict:
+                   test_fraction: float = 0.1, two_hop: bool = True, world: str = "companies") -> dict:
     """Write documents.jsonl, queries_{train,val,test}.jsonl and manifest.json; return the manifest."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; expected one of {', '.join(WORLDS)}")
+    spec = WORLDS[world]
     if n_entities < 30:
         raise ValueError(f"n_entities={n_entities} is too small: need at least 30 for three non-empty splits")
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"val_fraction={val_fraction}, test_fraction={test_fraction}: each in (0,1), sum < 1")
     rng = random.Random(seed)
-    names = NameGenerator(rng)
+    names = NameGenerator(rng, spec.syllables)
     sizes = {"val": round(n_entities * val_fraction), "test": round(n_entities * test_fraction)}
     sizes["train"] = n_entities - sizes["val"] - sizes["test"]
     documents, queries = [], {}
     for split in ("train", "val", "test"):
-        world = _make_split_world(rng, names, sizes[split])
+        entities = spec.make_split_world(rng, names, sizes[split])
         doc_of = {}
-        for kind in TYPE_SHARES:
-            for e in world[kind]:
+        for kind in spec.type_shares:
+            for e in entities[kind]:
                 doc_id = f"{kind}-{len(documents):05d}"
                 doc_of[(kind, e["name"])] = doc_id
-                title = e["name"] if kind != "product" else f"The {e['name']}"
-                documents.append({"id": doc_id, "title": title, "content": " ".join(_sentences(kind, e, rng, world)),
+                title = spec.titles.get(kind, "{name}").format(name=e["name"])
+                documents.append({"id": doc_id, "title": title,
+                                  "content": " ".join(spec.sentences(kind, e, rng, entities)),
                                   "source": f"synthetic:{kind}"})
-        rows = [q for q in _questions(world, doc_of) if two_hop or q["hops"] == 1]
+        rows = [q for q in spec.questions(entities, doc_of) if two_hop or q["hops"] == 1]
         rng.shuffle(rows)
         for i, q in enumerate(rows):
             q["id"] = f"{split}-{i:05d}"
@@ -195,7 +224,8 @@ def generate_world(output_dir, seed: int = 0, n_entities: int = 2000, val_fracti
     for split, rows in queries.items():
         write_jsonl(out / f"queries_{split}.jsonl", rows)
     manifest = {
-        "generator": "nanochat.data.synthetic", "seed": seed, "n_entities": n_entities,
+        "generator": "nanochat.data.synthetic", **({"world": world} if world != "companies" else {}),
+        "seed": seed, "n_entities": n_entities,
         "val_fraction": val_fraction, "test_fraction": test_fraction, "two_hop": two_hop,
         "n_documents": len(documents),
         "n_queries": {s: len(r) for s, r in queries.items()},
@@ -215,13 +245,16 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--val_fraction", type=float, default=0.1, help="share of entities in the val world")
     p.add_argument("--test_fraction", type=float, default=0.1, help="share of entities in the test world")
     p.add_bool("--two_hop", default=True, help="include two-hop questions")
+    p.add_argument("--world", default="companies", choices=list(WORLDS),
+                   help="generator: companies (the bundled example) or music (the second world, other entity "
+                        "types, templates and phrasing)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     m = generate_world(args.output, seed=args.seed, n_entities=args.n_entities, val_fraction=args.val_fraction,
-                       test_fraction=args.test_fraction, two_hop=args.two_hop)
+                       test_fraction=args.test_fraction, two_hop=args.two_hop, world=args.world)
     print0(f"wrote {m['n_documents']} documents and queries {m['n_queries']} to {args.output}")
     return 0
 

@@ -162,10 +162,14 @@ def finetune_done_path(config: dict, run: str) -> str:
     return f"{config['base_dir']}/{mode}_checkpoints/{run}/done.json"
 
 def dataset_args(run: dict) -> str:
-    """nanochat.rag.dataset flags of a run's mode: multi_hop shards (documents per hop) for refrag."""
+    """nanochat.rag.dataset flags of a run's mode (multi_hop shards, documents per hop, for refrag) and of its
+    abstention and citation recipe (train.negatives, train.cite, train.p_first_hop)."""
+    t = run.get("train", {})
+    recipe = f"--negatives {t.get('negatives', 'no_gold')}"
     if run.get("mode", "rag") == "refrag":
-        return f"--mode refrag --max_hops {run['max_hops']} --hop_strategy {run.get('hop_strategy', 'entities')}"
-    return "--mode rag"
+        return (f"--mode refrag --max_hops {run['max_hops']} --hop_strategy {run.get('hop_strategy', 'entities')} "
+                f"{recipe} --p_first_hop {t.get('p_first_hop', 0.0)}")
+    return f"--mode rag {recipe} --cite {t.get('cite', 'after')}"
 
 def hop_args(run: dict) -> str:
     """Precompute flags: multi-hop (top_k per hop) for refrag, one hop for rag."""
@@ -184,7 +188,8 @@ def finetune_args(config: dict, run_name: str) -> str:
     args = [*source,
             "--output_tag", run_name, "--base_dir", config["base_dir"], "--device", config["device"],
             "--retriever_type", run["retriever_type"], "--top_k", run["top_k"],
-            "--num_epochs", t["num_epochs"], "--max_steps", t["max_steps"],
+            "--num_epochs", t["num_epochs"], "--max_steps", t["max_steps"], "--min_steps", t.get("min_steps", 0),
+            "--warmup_frac", t.get("warmup_frac", 0.0),
             "--device_batch_size", t["device_batch_size"], "--max_seq_len", t["max_seq_len"],
             "--max_doc_length", t["max_doc_length"], "--p_gold", t["p_gold"], "--seed", t["seed"],
             # periodic checkpoints, so that a killed, timed-out or preempted job resumes mid-run
@@ -280,3 +285,16 @@ def rerank_args(config: dict, run: str) -> str:
     """Precompute flags of a run's rerank setting (empty when off); the model path is the rule's input."""
     r = config["runs"][run].get("rerank")
     return f"--rerank_depth {int(r.get('depth', 20))}" if r else ""
+
+
+def eval_args(run: dict) -> str:
+    """Evaluation flags from a run's evaluate section: the optional abstention threshold (rag runs; `auto`
+    calibrates on the run's validation queries, which the rule passes as --queries_val) and adaptive hopping
+    (refrag runs)."""
+    e = run.get("evaluate", {})
+    args = []
+    if run.get("mode", "rag") == "refrag":
+        args += ["--adaptive_hops", str(bool(e.get("adaptive_hops", False))).lower()]
+    elif e.get("abstain_threshold") is not None:
+        args += ["--abstain_threshold", e["abstain_threshold"]]
+    return " ".join(shlex.quote(str(a)) for a in args)

@@ -22,6 +22,23 @@ def _flatten(d: dict, prefix: str = "") -> dict:
             out[key] = v
     return out
 
+# The report's figures beside metrics.png: file name -> the nanochat.rag.plots function drawing every run's metrics.
+FIGURES = {
+    "em_by_hops.png": "em_conditions_by_hops",
+    "failure_classes.png": "failure_bars",
+    "recall_at_k.png": "recall_curves",
+    "citations.png": "citation_bars",
+}
+
+
+def trust_figures(metrics_files: list, runs: list, outdir) -> list[Path]:
+    """Every run's EM by hop count and condition, failure classes, recall@k curves and citations, one PNG each
+    (FIGURES), runs side by side."""
+    from nanochat.rag import plots
+    by_run = {run: json.loads(Path(p).read_text(encoding="utf-8")) for run, p in zip(runs, metrics_files)}
+    return [getattr(plots, fn)(by_run, Path(outdir) / name) for name, fn in FIGURES.items()]
+
+
 def collect_metrics(metrics_files: list, runs: list, table_path, plot_path):
     """One row per run (flattened metrics.json, kb_id required) -> CSV, and a grouped bar chart of the scores."""
     import pandas as pd
@@ -55,5 +72,5 @@ def _plot_scores(df, plot_path) -> None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("score")
     ax.set_title("held-out metrics per run")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: hides no bar
     save_figure(fig, plot_path)

@@ -58,7 +58,7 @@ class ChatPipeline:
 
     def __init__(self, engine, manager, mode: str = "rag", top_k: int = 5, max_doc_length: int | None = None,
                  max_hops: int = 2, top_k_per_hop: int = 3, hop_strategy: str = DEFAULT_STRATEGY,
-                 max_tokens: int = 200, system: str = SYSTEM_PROMPT):
+                 max_tokens: int = 200, system: str = SYSTEM_PROMPT, abstain_threshold: float | None = None):
         if mode not in ("rag", "refrag"):
             raise ValueError(f"mode must be rag or refrag, got {mode!r}")
         self.engine, self.manager, self.mode = engine, manager, mode
@@ -66,11 +66,12 @@ class ChatPipeline:
         self.max_doc_length = None if max_doc_length is None or max_doc_length < 0 else max_doc_length
         self.hop_strategy = resolve_strategy(hop_strategy)
         self.max_tokens, self.system = max_tokens, system
+        self.abstain_threshold = abstain_threshold  # see nanochat.rag.confidence; None = answer as generated
         self._store = None
 
     @classmethod
     def from_checkpoint(cls, engine, manager, meta: dict, source: str, max_tokens: int = 200, top_k: int | None = None,
-                        hop_strategy: str | None = None) -> "ChatPipeline":
+                        hop_strategy: str | None = None, abstain_threshold: float | None = None) -> "ChatPipeline":
         """The retrieval the checkpoint was fine-tuned with (its meta): REFRAG's hops and strategy, RAG's top_k, and
         the fine-tune's document length."""
         args = meta.get("args", {})
@@ -80,7 +81,7 @@ class ChatPipeline:
                    max_hops=int(meta.get("max_hops") or args.get("max_hops") or 2),
                    top_k_per_hop=int(top_k or meta.get("top_k_per_hop") or args.get("top_k_per_hop") or 3),
                    hop_strategy=hop_strategy or meta.get("hop_strategy") or args.get("hop_strategy") or DEFAULT_STRATEGY,
-                   max_tokens=max_tokens)
+                   max_tokens=max_tokens, abstain_threshold=abstain_threshold)
 
     def describe(self) -> str:
         if self.mode == "refrag":
@@ -163,6 +164,10 @@ class ChatPipeline:
 
     def finish(self, prepared: Prepared, generation) -> Answer:
         text = self.engine.tokenizer.decode(generation.tokens).strip()
+        if self.abstain_threshold is not None and generation.tokens:
+            from nanochat.rag.confidence import apply_threshold, token_probabilities
+            probs = token_probabilities(self.engine.model, prepared.prompt, list(generation.tokens))
+            text = apply_threshold(text, sum(probs) / len(probs), self.abstain_threshold)
         cites = [n for n in parse_citations(text) if 1 <= n <= len(prepared.documents)]
         return Answer(prepared.question, text, prepared.documents, prepared.hops, cites, generation.stopped,
                       generation.num_prompt_tokens, len(generation.tokens))

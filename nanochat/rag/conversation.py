@@ -13,12 +13,10 @@ from nanochat.rag.metrics import ANSWER_MARKER, contains_answer
 SYSTEM_PROMPT = ("Answer the question using only the retrieved documents and cite them as [n]. "
                  "If they do not contain the answer, say so.")
 MIN_DOC_WORDS = 16  # shortest document budget tried before an example is skipped
+# Where an answer's [n] citations go (answer_target's `cite`): after the answer (" Paris [2]") or before it
+# (" [2] Paris": the document is chosen first, then read).
+CITE_STYLES = ("after", "before")
 
-
-SYSTEM_PROMPT = ("Answer the question using only the retrieved documents and cite them as [n]. "
-                 "If they do not contain the answer, say so.")
-
-MIN_DOC_WORDS = 16  # shortest document budget tried before an example is skipped
 
 def truncate_words(text: str, max_words: int | None) -> str:
     words = text.split()
@@ -59,7 +57,7 @@ def build_conversation(question: str, documents: list[dict] | None, answer: str 
     return {"messages": messages}
 
 
-def answer_target(answer: str, cited: list[int], quotes: list[str] | None = None) -> str:
+def answer_target(answer: str, cited: list[int], quotes: list[str] | None = None, cite: str = "after") -> str:
     """Assistant text for an answer: a leading space makes the answer tokenize exactly as it does inside a
     document (" Hilluxlom" is one BPE token, "Hilluxlom" is two others), so answering is a literal copy.
 
@@ -68,6 +66,8 @@ def answer_target(answer: str, cited: list[int], quotes: list[str] | None = None
     instead of one jump from the question to the answer span; evaluation scores the part after `Answer:`.
     """
     cites = " ".join(f"[{n}]" for n in cited)
+    if cite == "before" and not quotes:
+        return f" {cites} {answer.strip()}" if cites else f" {answer.strip()}"
     if quotes:
         return " " + " ".join(quotes) + f" {cites}\n{ANSWER_MARKER} {answer.strip()} {cites}"
     return f" {answer.strip()} {cites}"

@@ -20,10 +20,10 @@ from nanochat.cli import ArgumentParser, output_dir
 from nanochat.common import atomic_write_json, sha256_file, print0
 from nanochat.data.queries import load_queries
 from nanochat.rag.base_tasks import load_base_conversations
-from nanochat.rag.conversation import SYSTEM_PROMPT, ChunkStore
+from nanochat.rag.conversation import CITE_STYLES, SYSTEM_PROMPT, ChunkStore
 from nanochat.rag.metrics import ABSTAIN_ANSWER
 from nanochat.rag.multihop_data import build_multihop_examples, encode_multihop
-from nanochat.rag.raft import build_examples
+from nanochat.rag.raft import NEGATIVES, build_examples
 from nanochat.rag.shards import encode_example, tokenizer_hash, write_shards
 
 MODES = ("rag", "refrag")
@@ -34,7 +34,8 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
                   top_k: int = 5, p_gold: float = 0.8, max_seq_len: int = 512, max_doc_length: int | None = 300,
                   seed: int = 0, base_tasks: str | None = None, base_mix: float = 0.0,
                   examples_per_shard: int = 4096, provenance: dict | None = None, turns: int = 1,
-                  p_counterfactual: float = 0.0, answer_style: str = "short", turn_scope: str = "entity") -> dict:
+                  p_counterfactual: float = 0.0, answer_style: str = "short", turn_scope: str = "entity",
+                  negatives: str = "no_gold", cite: str = "after") -> dict:
     """Build, tokenize and shard every split in query_files; write manifest.json last; return it.
 
     turns applies to the train split only: validation stays one question per conversation, the evaluation format.
@@ -47,7 +48,8 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
     for split, path in query_files.items():
         examples, stats = build_examples(load_queries(path), table, store, split, top_k, p_gold, max_doc_length, seed,
                                          turns if split == "train" else 1,
-                                         p_counterfactual if split == "train" else 0.0, answer_style, turn_scope)
+                                         p_counterfactual if split == "train" else 0.0, answer_style, turn_scope,
+                                         negatives, cite)
         encoded, too_long = [], 0
         for ex in tqdm(examples, desc=f"tokenize {split}", unit="ex"):
             enc = encode_example(tokenizer, ex["conversation"], ex["cited"], max_seq_len, max_doc_length)
@@ -69,7 +71,8 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
                      shards=write_shards(encoded, out, split, examples_per_shard), queries_sha256=sha256_file(path))
         splits[split] = stats
     manifest = {"format": "nanochat-raft-v1", "splits": splits, "seed": seed, "top_k": top_k, "p_gold": p_gold,
-                "max_seq_len": max_seq_len, "max_doc_length": max_doc_length, "turns": turns, "p_counterfactual": p_counterfactual, "max_doc_length_unit": "words",
+                "max_seq_len": max_seq_len, "max_doc_length": max_doc_length, "turns": turns,
+                "p_counterfactual": p_counterfactual, "negatives": negatives, "cite": cite, "max_doc_length_unit": "words",
                 "abstain_answer": ABSTAIN_ANSWER, "system_prompt": SYSTEM_PROMPT, **(provenance or {})}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
@@ -77,7 +80,7 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
 def build_multihop_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dict, tokenizer, output_dir,
                           top_k_per_hop: int = 3, p_gold: float = 0.8, max_seq_len: int = 512,
                           max_doc_length: int | None = 300, seed: int = 0, examples_per_shard: int = 4096,
-                          provenance: dict | None = None) -> dict:
+                          provenance: dict | None = None, p_first_hop: float = 0.0, negatives: str = "no_gold") -> dict:
     """REFRAG's warm-up shards: multi_hop RAFT conversations (every gold document with p_gold, else hard
     negatives and the abstention), shortened to fit max_seq_len; examples that lose their answer when shortened
     are counted as too_long. Writes manifest.json (kind "multi_hop") last; returns it."""
@@ -87,7 +90,7 @@ def build_multihop_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_f
     store, splits = ChunkStore(kb_chunks), {}
     for split, path in query_files.items():
         examples, stats = build_multihop_examples(load_queries(path), table, store, split, top_k_per_hop, p_gold,
-                                                  max_doc_length, seed)
+                                                  max_doc_length, seed, p_first_hop, negatives)
         encoded = [encode_multihop(tokenizer, e["conversation"], e["cited"], max_seq_len, max_doc_length,
                                    e["answers"] if e["with_gold"] else None) for e in examples]
         stats["too_long"] = sum(e is None for e in encoded)  # did not fit (or lost its answer) even when shortened
@@ -101,6 +104,7 @@ def build_multihop_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_f
                f"{max_seq_len}, {stats['skipped']} without answer/gold)")
     manifest = {"format": "nanochat-raft-v1", "kind": "multi_hop", "splits": splits, "top_k_per_hop": top_k_per_hop,
                 "p_gold": p_gold, "max_seq_len": max_seq_len, "max_doc_length": max_doc_length,
+                "p_first_hop": p_first_hop, "negatives": negatives,
                 "queries": {k: str(v) for k, v in query_files.items()}, "seed": seed, **(provenance or {})}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
@@ -130,6 +134,13 @@ def build_parser() -> ArgumentParser:
                    help="share of train examples whose answers are swapped (documents and targets) to force copying")
     p.add_argument("--answer_style", default="short", choices=["short", "quote"],
                    help="short: ' <answer> [n]'; quote: the supporting sentences verbatim, then 'Answer: <answer> [n]'")
+    p.add_argument("--negatives", default="no_gold", choices=list(NEGATIVES),
+                   help="examples without the answer: no_gold removes every gold document, answer_doc only the one "
+                        "holding the answer (a two-hop question keeps its bridge document and abstains)")
+    p.add_argument("--cite", default="after", choices=list(CITE_STYLES),
+                   help="rag: citations after the answer (' Paris [2]') or before it (' [2] Paris')")
+    p.add_argument("--p_first_hop", type=float, default=0.0,
+                   help="refrag: share of questions shown only their first hop (answer from it, or abstain and hop on)")
     p.add_argument("--examples_per_shard", type=int, default=4096, help="examples per .npz shard")
     p.add_argument("--output", type=output_dir, required=True, help="dataset directory")
     return p
@@ -149,12 +160,12 @@ def main(argv=None) -> int:
         provenance.update(retrieval=str(args.retrieval), max_hops=args.max_hops, hop_strategy=args.hop_strategy)
         build_multihop_dataset(kb.chunks, table, files, Tokenizer.from_directory(args.tokenizer), args.output,
                                args.top_k, args.p_gold, args.max_seq_len, max_doc_length, args.seed,
-                               args.examples_per_shard, provenance)
+                               args.examples_per_shard, provenance, args.p_first_hop, args.negatives)
         return 0
     m = build_dataset(kb.chunks, table, files, Tokenizer.from_directory(args.tokenizer), args.output, args.top_k,
                       args.p_gold, args.max_seq_len, max_doc_length, args.seed, args.base_tasks, args.base_mix,
                       args.examples_per_shard, provenance, args.turns, args.p_counterfactual, args.answer_style,
-                      args.turn_scope)
+                      args.turn_scope, args.negatives, args.cite)
     for split, s in m["splits"].items():
         print0(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
     return 0

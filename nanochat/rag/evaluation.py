@@ -7,6 +7,13 @@ model is scored three ways on the same questions:
     retrieval      top-k documents from the table (what a deployed model sees)
     no_retrieval   no retrieval message (what the model knows by itself)
     oracle         the gold documents, padded with retrieved distractors to k (a ceiling)
+    counterfactual questions whose gold documents were retrieved, asked again with the answer fact rewritten
+                   in those documents (nanochat.rag.counterfactual): does the answer follow the documents?
+
+Every question also gets a failure class (nanochat.rag.failures) in per_question.csv, summarised in metrics.json
+with the faithfulness and abstention figures per hop count (nanochat.rag.trust_eval), and recall@k for k up to
+the table's depth. An optional abstention threshold on the answer's mean token probability (--abstain_threshold,
+a number, a calibration file or `auto`: calibrated on --queries_val) turns unsure answers into abstentions.
 
     python -m scripts.rag_eval --knowledge_base KB --retrieval retrieval.parquet --queries_test F \
         --source rag --model_tag TAG --output DIR
@@ -23,10 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from nanochat.rag import metrics as M
+from nanochat.rag import trust_eval
 from nanochat.rag.conversation import build_conversation, truncate_words
+from nanochat.rag.counterfactual import answer_pool
 
 logger = logging.getLogger("nanochat.rag.evaluation")
-CONDITIONS = ("retrieval", "no_retrieval", "oracle")
+CONDITIONS = ("retrieval", "no_retrieval", "oracle", "counterfactual")
 
 
 # -----------------------------------------------------------------------------
@@ -99,8 +108,9 @@ def score_answer(answer: str, item: dict, documents: list[dict] | None) -> dict:
            "f1": M.f1_score(answer, item["answers"]) if item["answers"] else math.nan,
            "abstained": float(M.is_abstention(answer))}
     if documents is not None:
-        cp = M.citation_precision(answer, documents, item["answers"])
-        cr = M.citation_recall(answer, documents, gold_ids)
+        cp = M.citation_precision(answer, documents, item["answers"], gold_ids)
+        # an abstention claims nothing, so it has nothing to cite (abstaining is scored by the abstention metrics)
+        cr = None if row["abstained"] else M.citation_recall(answer, documents, gold_ids)
         row.update(citation_precision=math.nan if cp is None else cp, citation_recall=math.nan if cr is None else cr,
                    unsupported=float(M.is_unsupported(answer, documents)),
                    gold_present=float(bool(set(gold_ids)) and set(gold_ids) <= {d["doc_id"] for d in documents}))
@@ -154,8 +164,12 @@ def generate_answers(engine, conversations: list[dict], max_tokens: int = 48, de
 
 
 def evaluate(model, tokenizer, items: list[dict], top_k: int, max_tokens: int = 48, max_doc_length: int = 300,
-             conditions=CONDITIONS, seed: int = 0, batch_size: int | None = None) -> tuple[dict, list[dict]]:
-    """Score the model on items under each condition -> (metrics, per-question rows)."""
+             conditions=CONDITIONS, seed: int = 0, batch_size: int | None = None, pool: dict | None = None,
+             threshold: float | None = None) -> tuple[dict, list[dict]]:
+    """Score the model on items under each condition -> (metrics, per-question rows).
+
+    pool: substitutes for the counterfactual condition (nanochat.rag.counterfactual.answer_pool; default: the
+    items' own answers). threshold: abstain on retrieval answers whose mean token probability is below it."""
     from nanochat.engine import Engine
     engine = Engine(model, tokenizer)
     docs_for = {"retrieval": lambda it: it["retrieved"], "no_retrieval": lambda it: None,
@@ -166,12 +180,16 @@ def evaluate(model, tokenizer, items: list[dict], top_k: int, max_tokens: int = 
         row["recall_at_k"], row["ndcg_at_10"] = retrieval_scores([d["doc_id"] for d in it["ranked"]],
                                                                  it.get("doc_ids", []), top_k)
     timings = {}
-    for cond in conditions:
+    for cond in [c for c in conditions if c in docs_for]:
         t0 = time.time()
         docs = [docs_for[cond](it) for it in items]
         docs = [None if d is None else truncate_docs(d, max_doc_length) for d in docs]
         convs = [build_conversation(it["question"], d) for it, d in zip(items, docs)]
         answers = generate_answers(engine, convs, max_tokens, desc=cond, batch_size=batch_size)
+        if cond == "retrieval" and threshold is not None:
+            for row, ans in zip(rows, answers):
+                row["answer"] = ans
+            answers = trust_eval.apply_threshold(model, tokenizer, convs, rows, threshold, max_tokens)
         suffix = "" if cond == "retrieval" else f"_{cond}"
         for it, row, ans, d in zip(items, rows, answers, docs):
             s = score_answer(ans, it, d)
@@ -182,7 +200,21 @@ def evaluate(model, tokenizer, items: list[dict], top_k: int, max_tokens: int = 
             else:
                 row[f"em{suffix}"], row[f"f1{suffix}"] = s["em"], s["f1"]
         timings[cond] = round(time.time() - t0, 1)
+    if "counterfactual" in conditions and "retrieval" in conditions:
+        t0 = time.time()
+        cases = [(it, truncate_docs(it["retrieved"], max_doc_length), row) for it, row in zip(items, rows)
+                 if row.get("gold_present") == 1.0]
+        trust_eval.counterfactual_condition(lambda convs: generate_answers(engine, convs, max_tokens, "counterfactual"),
+                                            cases, lambda it, d: build_conversation(it["question"], d),
+                                            pool if pool is not None else answer_pool(items), seed)
+        timings["counterfactual"] = round(time.time() - t0, 1)
     metrics = aggregate(rows, top_k)
+    if "retrieval" in conditions:
+        metrics.update(trust_eval.trust_metrics(rows))
+        metrics["retrieval_recall_curve"] = trust_eval.recall_curve(
+            [[d["doc_id"] for d in it["ranked"]] for it in items], [it.get("doc_ids") or [] for it in items],
+            max((len({d["doc_id"] for d in it["ranked"]}) for it in items), default=top_k))
+    metrics["abstain_threshold"] = threshold
     metrics["generation_seconds"] = timings
     return metrics, rows
 
@@ -206,6 +238,7 @@ def eval_parser(description: str, retrieval_help: str, source: str, max_tokens: 
                    help="answers decoded side by side (default: per device, nanochat.engine.DEFAULT_BATCH_SIZE)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--num_threads", type=int, default=-1, help="CPU threads (-1 = auto: 1 when the machine is oversubscribed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the oracle document order and the counterfactual substitutes")
     p.add_argument("--output", type=output_dir, required=True, help="output directory for metrics.json, per_question.csv, *.png")
     return p
 
@@ -230,8 +263,9 @@ def main(argv=None):
     p = eval_parser("Held-out RAG evaluation over precomputed retrieval",
                     "precomputed retrieval Parquet (nanochat.retrieval.precompute)", source="rag", max_tokens=48)
     p.add_argument("--top_k", type=int, default=None, help="documents shown (default: the fine-tune's top_k, else 5)")
-    p.add_argument("--conditions", default=",".join(CONDITIONS), help="comma list of retrieval,no_retrieval,oracle")
+    p.add_argument("--conditions", default=",".join(CONDITIONS), help=f"comma list of {','.join(CONDITIONS)} (counterfactual needs retrieval)")
     p.add_argument("--training_csv", default=None, help="fine-tune metrics.csv for the curves plot (default: beside the checkpoint)")
+    add_threshold_flags(p)
     args = p.parse_args(argv)
 
     from nanochat.checkpoint_manager import checkpoint_dir_of
@@ -244,20 +278,26 @@ def main(argv=None):
     max_doc_length = args.max_doc_length or train_args.get("max_doc_length") or 300
     if meta.get("kb_id") and meta["kb_id"] != kb.kb_id:
         logger.warning("model was fine-tuned on KB %s but evaluated on KB %s", meta["kb_id"], kb.kb_id)
-    items = load_items(load_queries(args.queries_test), load_precomputed(args.retrieval), kb, top_k, args.split,
-                       args.max_questions)
+    table, test_queries = load_precomputed(args.retrieval), load_queries(args.queries_test)
+    items = load_items(test_queries, table, kb, top_k, args.split, args.max_questions)
     print0(f"rag_eval: {len(items)} questions, top_k {top_k}, model {args.source}/{meta.get('model_tag', args.model_tag)} "
            f"step {meta.get('step')}")
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
-    metrics, rows = evaluate(model, tokenizer, items, top_k, args.max_tokens, max_doc_length, conditions,
-                             batch_size=args.batch_size)
-    metrics.update(kb_id=kb.kb_id, model_source=args.source, model_tag=meta.get("model_tag", args.model_tag),
-                   model_step=meta.get("step"), retrieval=str(args.retrieval), queries=str(args.queries_test))
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown:
+        raise SystemExit(f"--conditions: unknown {', '.join(unknown)} (known: {', '.join(CONDITIONS)})")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    threshold = resolve_abstain_threshold(args, model, tokenizer, kb, table, top_k, max_doc_length, out)
+    metrics, rows = evaluate(model, tokenizer, items, top_k, args.max_tokens, max_doc_length, conditions,
+                             seed=args.seed, batch_size=args.batch_size, pool=answer_pool(test_queries),
+                             threshold=threshold)
+    metrics.update(kb_id=kb.kb_id, model_source=args.source, model_tag=meta.get("model_tag", args.model_tag),
+                   model_step=meta.get("step"), retrieval=str(args.retrieval), queries=str(args.queries_test))
     write_csv(out / "per_question.csv", rows)
     plots.metric_bars(metrics, out / "metrics_by_condition.png")
     plots.em_by_hops(metrics, out / "em_by_hops.png")
+    plots.trust_plots(metrics, out)
     ckpt_csv = Path(args.training_csv) if args.training_csv else None
     if ckpt_csv is None and meta.get("model_tag"):
         ckpt_csv = checkpoint_dir_of(args.source, meta["model_tag"], args.base_dir) / "metrics.csv"
@@ -266,8 +306,41 @@ def main(argv=None):
     atomic_write_json(out / "metrics.json", metrics)  # last: the workflow's declared output
     print0(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
                        if k in ("n", "em", "f1", "em_no_retrieval", "em_oracle", "citation_precision",
-                                "citation_recall", "unsupported_rate", f"retrieval_recall@{top_k}")}))
+                                "citation_recall", "unsupported_rate", f"retrieval_recall@{top_k}",
+                                "abstention_correct_when_gold_absent", "false_abstention_when_gold_present",
+                                "faithfulness_counterfactual", "memory_answer_rate")}))
     return metrics
+
+
+def add_threshold_flags(p) -> None:
+    """The optional abstention threshold's flags (scripts.rag_eval; scripts.rag_chat takes --abstain_threshold)."""
+    p.add_argument("--abstain_threshold", default=None,
+                   help="abstain when the answer's mean token probability is below this: a number, a calibration "
+                        "JSON (calibration.json of an earlier evaluation), or auto (calibrate on --queries_val)")
+    p.add_argument("--queries_val", default=None, help="validation queries for --abstain_threshold auto")
+    p.add_argument("--calibration_questions", type=int, default=200, help="validation questions used to calibrate")
+    p.add_argument("--max_false_abstention", type=float, default=0.05,
+                   help="calibration: largest share of correct validation answers the threshold may abstain on")
+
+
+def resolve_abstain_threshold(args, model, tokenizer, kb, table, top_k: int, max_doc_length, out: Path):
+    """--abstain_threshold as a number (None when off); `auto` calibrates on validation questions over the same
+    retrieval table and writes out/calibration.json (chat and serving read it back with the same flag)."""
+    from nanochat.common import atomic_write_json
+    from nanochat.data.queries import load_queries
+    from nanochat.engine import Engine
+    from nanochat.rag.confidence import resolve_threshold
+    if str(args.abstain_threshold).lower() != "auto":
+        return resolve_threshold(args.abstain_threshold)
+    if not args.queries_val:
+        raise SystemExit("--abstain_threshold auto needs --queries_val (validation questions to calibrate on)")
+    val = load_items(load_queries(args.queries_val), table, kb, top_k, "val", args.calibration_questions)
+    convs = [build_conversation(it["question"], truncate_docs(it["retrieved"], max_doc_length)) for it in val]
+    answers = generate_answers(Engine(model, tokenizer), convs, args.max_tokens, desc="calibrate")
+    correct = [bool(M.exact_match(a, it["answers"])) for a, it in zip(answers, val)]
+    cal = trust_eval.calibrate(model, tokenizer, convs, answers, correct, args.max_tokens, args.max_false_abstention)
+    atomic_write_json(out / "calibration.json", {**cal, "queries": str(args.queries_val)})
+    return cal["threshold"]
 
 
 if __name__ == "__main__":

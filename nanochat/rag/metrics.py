@@ -94,15 +94,19 @@ def contains_answer(text: str, answers) -> bool:
     return any(normalize_answer(a) and f" {normalize_answer(a)} " in hay for a in _as_list(answers))
 
 
-def citation_precision(text: str, documents: list, answers) -> float | None:
-    """Share of cited positions whose document contains a gold answer; None when nothing is cited.
-
-    Out-of-range citations count as wrong.
+def citation_precision(text: str, documents: list, answers, gold_doc_ids=None) -> float | None:
+    """Share of cited positions whose document supports the answer: it contains a gold answer or, when gold ids
+    are known, it is a gold document (a two-hop answer rightly cites its bridge document too, which does not hold
+    the answer). None when nothing is cited. Out-of-range citations count as wrong.
     """
     cited = parse_citations(text)
     if not cited:
         return None
-    good = sum(1 for n in cited if 1 <= n <= len(documents) and contains_answer(_doc_text(documents[n - 1]), answers))
+    gold = set(gold_doc_ids or [])
+
+    def supports(doc) -> bool:
+        return (not isinstance(doc, str) and _doc_id(doc) in gold) or contains_answer(_doc_text(doc), answers)
+    good = sum(1 for n in cited if 1 <= n <= len(documents) and supports(documents[n - 1]))
     return good / len(cited)
 
 

@@ -41,18 +41,44 @@ def _hits_with_gold(hops: list, gold: list[str], store: ChunkStore, answers: lis
             hits[drop] = entry
     return hops, needed
 
+def first_hop_view(query: dict, hops: list, store: ChunkStore):
+    """The first hop as retrieved, and the chunk ids an answer from it cites (None when that hop does not hold
+    every gold document, the last one with the answer: then the right answer is to abstain, and to hop on)."""
+    first = hops[:1]
+    shown = {d: c for _, _, hits in first for c, d, _ in hits}
+    gold = list(query.get("doc_ids") or [])
+    if not gold or not all(g in shown for g in gold):
+        return first, None
+    if not M.contains_answer(store.rows[shown[gold[-1]]]["content"], query["answers"]):
+        return first, None
+    return first, [shown[g] for g in gold]
+
+
 def make_multihop_example(query: dict, hops: list, store: ChunkStore, top_k_per_hop: int, with_gold: bool,
-                          rng: random.Random, max_doc_length: int | None):
-    """One RAFT-style multi-hop example -> (conversation, cited numbers) or None."""
+                          rng: random.Random, max_doc_length: int | None, view: str = "all",
+                          negatives: str = "no_gold"):
+    """One RAFT-style multi-hop example -> (conversation, cited numbers) or None.
+
+    view "all": every hop, RAFT gold insertion (with_gold) or removal (negatives: "no_gold" removes every gold
+    document, "answer_doc" only the one holding the answer). view "first": the first hop only, as retrieved (no
+    insertion): answered when it holds every gold document, else the abstention -- what adaptive hopping asks the
+    model after one hop (stop when it can answer, hop on when it abstains)."""
     answers, gold = query["answers"], list(query.get("doc_ids") or [])
     if not answers or not gold:
         return None
-    if with_gold:
+    if view == "first":
+        hops, needed = first_hop_view(query, hops, store)
+        with_gold = needed is not None
+        needed = needed or []
+    elif with_gold:
         hops, needed = _hits_with_gold(hops, gold, store, answers, top_k_per_hop)
         if hops is None:
             return None
     else:
-        hops = [(h, q, [x for x in hits if x[1] not in gold]) for h, q, hits in hops]
+        drop = set(gold) if negatives == "no_gold" else set(gold[-1:])
+        hops = [(h, q, [x for x in hits if x[1] not in drop and not M.contains_answer(store.rows[x[0]]["content"],
+                                                                                      answers)])
+                for h, q, hits in hops]
         needed = []
     hops = [(h, q or query["question"], hits) for h, q, hits in hops if hits]
     if not hops:
@@ -68,20 +94,29 @@ def make_multihop_example(query: dict, hops: list, store: ChunkStore, top_k_per_
     return multihop_conversation(query["question"], msg, target), cited
 
 def build_multihop_examples(queries: list[dict], table: pd.DataFrame, chunks, split: str, top_k_per_hop: int = 3,
-                            p_gold: float = 0.8, max_doc_length: int | None = 300, seed: int = 0) -> tuple[list, dict]:
-    """Multi-hop RAFT conversations for one split of the precomputed table -> (examples, stats)."""
+                            p_gold: float = 0.8, max_doc_length: int | None = 300, seed: int = 0,
+                            p_first_hop: float = 0.0, negatives: str = "no_gold") -> tuple[list, dict]:
+    """Multi-hop RAFT conversations for one split of the precomputed table -> (examples, stats).
+
+    p_first_hop: share of questions shown their first hop only (make_multihop_example's view "first"), the
+    adaptive-hopping step: single-hop questions are answered from it, two-hop ones abstain until the next hop."""
     store = chunks if isinstance(chunks, ChunkStore) else ChunkStore(chunks)
     by_q = group_hops(table[table["split"] == split])
-    examples, stats = [], {"n_queries": len(queries), "with_gold": 0, "abstain": 0, "skipped": 0}
+    examples, stats = [], {"n_queries": len(queries), "with_gold": 0, "abstain": 0, "skipped": 0, "first_hop": 0}
     for q in queries:
         rng = random.Random(f"{seed}:{split}:{q['id']}:multihop")
         with_gold = rng.random() < p_gold
-        made = make_multihop_example(q, by_q.get(q["id"], []), store, top_k_per_hop, with_gold, rng, max_doc_length)
+        view = "first" if p_first_hop > 0 and rng.random() < p_first_hop else "all"
+        made = make_multihop_example(q, by_q.get(q["id"], []), store, top_k_per_hop, with_gold, rng, max_doc_length,
+                                     view, negatives)
         if made is None:
             stats["skipped"] += 1
             continue
+        conv, cited = made
+        with_gold = conv["messages"][-1]["content"] != M.ABSTAIN_ANSWER
         stats["with_gold" if with_gold else "abstain"] += 1
-        examples.append({"query_id": q["id"], "with_gold": with_gold, "cited": made[1], "conversation": made[0],
+        stats["first_hop"] += view == "first"
+        examples.append({"query_id": q["id"], "with_gold": with_gold, "cited": cited, "conversation": conv,
                          "answers": q["answers"]})
     return examples, stats
 

@@ -22,6 +22,11 @@ from nanochat.rag.conversation import ChunkStore, answer_target, build_conversat
 from nanochat.rag.metrics import ABSTAIN_ANSWER, contains_answer
 
 
+# What an example without the answer shows (make_example's `negatives`): every gold document removed, or only the
+# one the answer is read from (a multi-hop question keeps its bridge document, as single-hop retrieval shows it).
+NEGATIVES = ("no_gold", "answer_doc")
+
+
 def hits_by_query(table: pd.DataFrame, split: str) -> dict[str, list[tuple[str, str, float]]]:
     """query_id -> [(chunk_id, doc_id, score)] in (hop, rank) order, one split."""
     t = table[table["split"] == split].sort_values(["query_id", "hop", "rank"], kind="stable")
@@ -58,8 +63,13 @@ def _dedupe(hits):
     return out
 
 def make_example(query: dict, hits: list, store: ChunkStore, top_k: int, with_gold: bool,
-                 rng: random.Random, max_doc_length: int | None, answer_style: str = "short"):
-    """One RAFT example -> (conversation, cited doc positions) or None when it cannot be built."""
+                 rng: random.Random, max_doc_length: int | None, answer_style: str = "short",
+                 negatives: str = "no_gold", cite: str = "after"):
+    """One RAFT example -> (conversation, cited doc positions) or None when it cannot be built.
+
+    negatives (examples without gold): "no_gold" removes every gold document; "answer_doc" removes only the
+    document the answer is read from (the last gold document) and any hit that holds the answer, so a multi-hop
+    question keeps its bridge document when retrieval found it -- what single-hop retrieval shows at test time."""
     answers = query["answers"]
     if not answers:
         return None
@@ -89,7 +99,9 @@ def make_example(query: dict, hits: list, store: ChunkStore, top_k: int, with_go
                 else:
                     chosen[drop] = entry
     else:
-        chosen = [h for h in hits if h[1] not in gold][:top_k]
+        drop = set(gold) if negatives == "no_gold" else set(gold[-1:])
+        chosen = [h for h in hits if h[1] not in drop and not contains_answer(store.rows[h[0]]["content"], answers)]
+        chosen = chosen[:top_k]
         needed = []
     rng.shuffle(chosen)
     docs = [store.doc(c, s, max_doc_length) for c, _, s in chosen]
@@ -99,7 +111,7 @@ def make_example(query: dict, hits: list, store: ChunkStore, top_k: int, with_go
         target = ABSTAIN_ANSWER
     else:
         quotes = supporting_quotes(docs, cited, answers) if answer_style == "quote" else None
-        target = answer_target(answers[0], cited, quotes)
+        target = answer_target(answers[0], cited, quotes, cite)
     return build_conversation(query["question"], docs, target), cited
 
 def extra_turns(chosen_docs: list[dict], store: "ChunkStore", others: list[dict], max_extra: int,
@@ -164,7 +176,7 @@ def counterfactual(conv: dict, pool: dict, rng: random.Random) -> dict:
 def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFrame, split: str, top_k: int = 5,
                    p_gold: float = 0.8, max_doc_length: int | None = 300, seed: int = 0,
                    turns: int = 1, p_counterfactual: float = 0.0, answer_style: str = "short",
-                   turn_scope: str = "entity") -> tuple[list, dict]:
+                   turn_scope: str = "entity", negatives: str = "no_gold", cite: str = "after") -> tuple[list, dict]:
     """RAFT conversations for one split -> (examples, stats). Seeded per query (stable under edits).
 
     turns > 1: each conversation also asks up to turns-1 other questions of the same split -- multi-turn RAFT --
@@ -195,7 +207,7 @@ def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFram
         if not hits:
             stats["no_retrieval"] += 1
         with_gold = rng.random() < p_gold
-        made = make_example(q, hits, store, top_k, with_gold, rng, max_doc_length, answer_style)
+        made = make_example(q, hits, store, top_k, with_gold, rng, max_doc_length, answer_style, negatives, cite)
         if made is None:
             stats["skipped"] += 1
             continue

@@ -161,6 +161,11 @@ def build_parser():
     p.add_argument("--rag_top_k", type=int, default=None, help="documents shown to the RAG model (default: max_hops x top_k_per_hop)")
     p.add_argument("--rag_eval", default=None, help="the RAG run's scripts.rag_eval output directory: reuse its answers "
                    "(retrieval and no_retrieval) when it showed rag_top_k documents, instead of generating them again")
+    p.add_bool("--counterfactual", default=True,
+               help="ask the REFRAG model again with the answer fact rewritten in the gold documents it was shown")
+    p.add_bool("--adaptive_hops", default=False,
+               help="stop hopping when the first hop suffices: show one hop, take the next only when the model "
+                    "abstains (for models trained with first-hop examples, nanochat.rag.dataset --p_first_hop)")
     return p
 
 
@@ -211,11 +216,28 @@ def main(argv=None) -> dict:
     print0(f"refrag_eval: {len(items)} questions; refrag {meta.get('model_tag')} ({max_hops} hops x {per_hop}); "
            f"rag {args.rag_model_tag or '-'} (top {rag_top_k}{', answers from ' + str(args.rag_eval) if reused else ''}); "
            f"max_tokens {args.max_tokens}")
+    adaptive = {}
+    if args.adaptive_hops:  # the REFRAG condition hops only while the model abstains
+        refrag_rows = evaluate_adaptive(model, tokenizer, items, args.max_tokens)
+        adaptive = {"refrag": (summarize(refrag_rows, items, max_hops), refrag_rows)}
+        models.pop("refrag")
     by_label, rows = compare_conditions(models, items, args.max_tokens, max_hops, args.batch_size)
+    for label, (summary, label_rows) in adaptive.items():
+        summary["hops_used"] = float(np.mean([r["hops_used"] for r in label_rows]))
+        by_label = {label: summary, **by_label}
+        rows = label_rows + rows
     for label, label_rows in (reused or {}).items():  # the RAG run's own answers: RAG model, with and without documents
         by_label[label] = summarize(label_rows, None, max_hops)
         rows += label_rows
 
+    add_trust_columns(rows, items)
+    if args.counterfactual:
+        from nanochat.rag.counterfactual import answer_pool
+        counterfactual_refrag(model, tokenizer, items, rows, answer_pool(load_queries(args.queries_test)),
+                              args.max_tokens, args.seed)
+    trust = trust_by_condition(rows)
+    for label, block in trust.items():
+        by_label[label].update({k: v for k, v in block.items() if k not in ("n", "em")})
     ref = by_label["refrag"]
     metrics = {"n": ref["n"], "em": ref["em"], "f1": ref["f1"], "reward": ref["reward"],
                "em_rag": by_label.get("rag", {}).get("em", math.nan), "em_no_retrieval": by_label["no_retrieval"]["em"],
@@ -223,6 +245,8 @@ def main(argv=None) -> dict:
                "em_by_hops": {h: {label: s["em_by_hops"].get(h, math.nan) for label, s in by_label.items()}
                               for h in ref["em_by_hops"]},
                "max_hops": max_hops, "top_k_per_hop": per_hop, "rag_top_k": rag_top_k, "too_long": too_long,
+               "adaptive_hops": bool(args.adaptive_hops), "hops_used": ref.get("hops_used"),
+               **{k: v for k, v in trust.get("refrag", {}).items() if k not in ("n", "em")},
                "kb_id": kb.kb_id, "model_source": args.source, "model_tag": meta.get("model_tag"),
                "model_step": meta.get("step"), "rag_model_tag": args.rag_model_tag,
                "rag_model_step": rag_meta.get("step") if rag_meta else None,
@@ -236,10 +260,132 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "per_question.csv", rows)
     plots.em_by_hops(metrics, out / "em_by_hops.png", title="EM by hop count: REFRAG vs RAG vs no retrieval")
+    plots.trust_plots(metrics, out, label="REFRAG")
     ckpt_dir = checkpoint_dir_of(args.source, str(meta.get("model_tag")), args.base_dir)
     if (ckpt_dir / "rewards.csv").is_file():  # written by scripts.refrag_finetune beside its checkpoints
         plots.plot_reward_curve(ckpt_dir / "rewards.csv", out / "rewards.png")
     atomic_write_json(out / "metrics.json", metrics)  # last: the workflow's declared output
     print0(json.dumps(_rounded({k: metrics.get(k) for k in ("n", "em", "em_rag", "em_no_retrieval", "em_by_hops",
-                                                             "hop_recall", "em_gain_over_rag")})))
+                                                             "hop_recall", "em_gain_over_rag", "faithfulness_counterfactual",
+                                                             "memory_answer_rate", "citation_precision", "citation_recall",
+                                                             "abstention_correct_when_gold_absent")})))
     return metrics
+
+
+# -----------------------------------------------------------------------------
+# Trust: abstention and citation figures, counterfactual documents, failure classes (nanochat.rag.trust_eval)
+
+def _doc_id(doc: dict) -> str:
+    return str(doc.get("doc_id") or str(doc.get("id", "")).split("#", 1)[0])
+
+
+def shown_documents(item: dict, condition: str) -> list[dict]:
+    """The documents a condition showed for an item, numbered as in its prompt ([1] first)."""
+    if condition == "no_retrieval":
+        return []
+    return message_documents(conversation_for(item, condition)["messages"][1])
+
+
+def add_trust_columns(rows: list[dict], items: list[dict]) -> None:
+    """gold_present, citation precision/recall (as scripts.rag_eval scores them) and em_no_retrieval (from the
+    no_retrieval rows of the same question) on every row: what failure attribution needs."""
+    from nanochat.rag import metrics as M
+    by_id = {it["id"]: it for it in items}
+    no_ret = {r["id"]: r["em"] for r in rows if r["condition"] == "no_retrieval"}
+    for r in rows:
+        it = by_id[r["id"]]
+        docs = shown_documents(it, r["condition"])
+        gold = set(it.get("doc_ids") or [])
+        r["gold_present"] = float(bool(gold) and gold <= {_doc_id(d) for d in docs}) if gold else math.nan
+        cp = M.citation_precision(r["answer"], docs, it["answers"], it.get("doc_ids")) if docs else None
+        cr = None if r["abstained"] or not docs else M.citation_recall(r["answer"], docs, it.get("doc_ids") or [])
+        r["citation_precision"] = math.nan if cp is None else cp
+        r["citation_recall"] = math.nan if cr is None else cr
+        if r["id"] in no_ret:
+            r["em_no_retrieval"] = no_ret[r["id"]]
+
+
+def with_documents(message: dict, documents: list[dict]) -> dict:
+    """A retrieval message whose documents (in message order) are replaced, hop structure kept."""
+    if not message.get("multi_hop"):
+        return {**message, "documents": list(documents)}
+    hops, i = [], 0
+    for hop in message["hops"]:
+        n = len(hop["documents"])
+        hops.append({**hop, "documents": list(documents[i:i + n])})
+        i += n
+    return {**message, "hops": hops}
+
+
+def generate_texts(model, tokenizer, conversations: list[dict], max_tokens: int, desc: str) -> list[str]:
+    """Greedy answers to prepared conversations (the counterfactual condition's prompts)."""
+    from tqdm.auto import tqdm
+    from nanochat.engine import Engine
+    engine = Engine(model, tokenizer)
+    return [engine.generate_from_conversation(c, max_tokens=max_tokens, temperature=0.0)[0].strip()
+            for c in tqdm(conversations, desc=desc, mininterval=2.0, disable=len(conversations) < 20)]
+
+
+def counterfactual_refrag(model, tokenizer, items: list[dict], rows: list[dict], pool: dict, max_tokens: int,
+                          seed: int = 0) -> int:
+    """The counterfactual condition for the REFRAG model: questions whose gold documents are all in the multi-hop
+    message, asked again with the answer fact rewritten in them; cf_* columns on the refrag rows."""
+    from nanochat.rag import trust_eval
+    by_id = {it["id"]: it for it in items}
+    cases = [(by_id[r["id"]], shown_documents(by_id[r["id"]], "refrag"), r) for r in rows
+             if r["condition"] == "refrag" and r.get("gold_present") == 1.0]
+    build = lambda it, docs: multihop_conversation(it["question"], with_documents(it["message"], docs))  # noqa: E731
+    return trust_eval.counterfactual_condition(
+        lambda convs: generate_texts(model, tokenizer, convs, max_tokens, "counterfactual"), cases, build, pool, seed)
+
+
+def trust_by_condition(rows: list[dict]) -> dict:
+    """trust_eval.trust_metrics for each condition that showed documents -> {condition: block}."""
+    from nanochat.rag import trust_eval
+    out = {}
+    for cond in dict.fromkeys(r["condition"] for r in rows):
+        if cond != "no_retrieval":
+            out[cond] = trust_eval.trust_metrics([r for r in rows if r["condition"] == cond])
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Adaptive hopping: stop when the first hop suffices
+
+def first_hops(message: dict, n: int) -> dict:
+    """The multi-hop message cut to its first n hops."""
+    return {**message, "hops": message["hops"][:n]} if message.get("multi_hop") else message
+
+
+def evaluate_adaptive(model, tokenizer, items: list[dict], max_tokens: int = 32,
+                      desc: str = "refrag (adaptive)") -> list[dict]:
+    """The REFRAG condition with adaptive hopping: ask after the first hop, and take the next hop only when the
+    model abstains (it learned to abstain when the documents so far lack the answer: p_first_hop in training).
+    One-hop questions are then answered from one hop's documents, not crowded by a second hop's; a two-hop
+    question costs one more generation. Sets item["message"] to the message finally shown and row["hops_used"]."""
+    from nanochat.rag import metrics as M
+    pending = list(range(len(items)))
+    answers: dict[int, str] = {}
+    used: dict[int, int] = {}
+    n_max = max((len(it["message"].get("hops", [])) for it in items), default=1)
+    full = {i: it["message"] for i, it in enumerate(items)}
+    for n in range(1, n_max + 1):
+        convs = []
+        for i in pending:
+            msg = first_hops(full[i], n)  # the full message already fits (fit_items): its first hops do too
+            items[i]["message"] = msg
+            convs.append(multihop_conversation(items[i]["question"], msg))
+        texts = generate_texts(model, tokenizer, convs, max_tokens, f"{desc}: hop {n}")
+        still = []
+        for i, text in zip(pending, texts):
+            answers[i], used[i] = text, min(n, len(full[i].get("hops", [1])) or 1)
+            if M.is_abstention(text) and n < len(full[i].get("hops", [])):
+                still.append(i)
+        pending = still
+        if not pending:
+            break
+    rows = []
+    for i, it in enumerate(items):
+        row = score_row(it, "refrag", answers[i], message_documents(it["message"]))
+        rows.append({**row, "hops_used": used[i], "label": "refrag"})
+    return rows

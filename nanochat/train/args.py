@@ -56,6 +56,8 @@ def finetune_parser(description: str, mode: str, sources: tuple[str, ...] = STAR
     p.add_argument("--num_epochs", type=int, default=1, help="passes over the training examples")
     p.add_argument("--max_steps", type=int, default=-1,
                    help="cap on supervised optimizer steps (-1 = num_epochs worth; 0 = none)")
+    p.add_argument("--min_steps", type=int, default=0,
+                   help="floor on supervised optimizer steps: fewer questions get more epochs, not fewer updates")
     p.add_argument("--device_batch_size", type=int, default=device_batch_size,
                    help="examples per rank per micro-step (REFRAG's reward phase: questions per rank)")
     p.add_argument("--grad_accum_steps", type=int, default=1, help="micro-steps per supervised optimizer step")
@@ -66,6 +68,8 @@ def finetune_parser(description: str, mode: str, sources: tuple[str, ...] = STAR
     p.add_argument("--init_lr_frac", type=float, default=1.0,
                    help="peak lr = lr * init_lr_frac (0.01 = careful fine-tuning)")
     p.add_argument("--warmup_steps", type=int, default=0, help="linear lr warmup steps")
+    p.add_argument("--warmup_frac", type=float, default=0.0,
+                   help="warmup as a share of the supervised steps (used when --warmup_steps is 0)")
     p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
     # evaluation, checkpoints, logging
     p.add_argument("--eval_every", type=int, default=100,

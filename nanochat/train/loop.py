@@ -195,13 +195,18 @@ def any_rank(*flags: bool, device="cpu") -> tuple[bool, ...]:
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return tuple(bool(v) for v in t.tolist())
 
-def supervised_steps(steps_per_epoch: int, num_epochs: int, max_steps: int) -> int:
-    """Optimizer steps of a supervised phase: num_epochs worth, capped by max_steps >= 0 (max_steps alone when
-    num_epochs <= 0)."""
-    n = num_epochs * steps_per_epoch
+def supervised_steps(steps_per_epoch: int, num_epochs: int, max_steps: int, min_steps: int = 0) -> int:
+    """Optimizer steps of a supervised phase: num_epochs worth, raised to min_steps (a small question set then gets
+    more epochs instead of fewer updates), capped by max_steps >= 0 (max_steps alone when num_epochs <= 0)."""
+    n = max(num_epochs * steps_per_epoch, min_steps)
     if max_steps >= 0:
         n = min(n, max_steps) if num_epochs > 0 else max_steps
     return n
+
+
+def warmup_for(num_steps: int, warmup_steps: int, warmup_frac: float) -> int:
+    """Warm-up steps: the explicit count, else warmup_frac of the phase (so it scales with the training length)."""
+    return warmup_steps if warmup_steps > 0 else int(round(warmup_frac * num_steps))
 
 def barrier() -> None:
     if distributed():

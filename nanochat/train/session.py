@@ -116,7 +116,7 @@ class FineTune:
         self.autocast_ctx = T.autocast_for(self.device)
         self.metrics = {"train_loss": None, "val_loss": None}
         self.meta_extra: dict = {}  # mode-specific fields of every checkpoint's meta
-        self.start_step = self.num_steps = self.total_steps = 0
+        self.start_step = self.num_steps = self.total_steps = self.warmup_steps = 0
         self.ddp_model = self.log = self.data_hash = None
         self.stop = C.StopSignals()
         self.lock = C.TrainerLock(self.ckpt_dir) if self.rank == 0 else None
@@ -211,10 +211,12 @@ class FineTune:
         self.loader = T.ShardLoader(train_examples, args.device_batch_size, args.max_seq_len, seed=args.seed,
                                     rank=self.rank, world_size=self.world_size)
         steps_per_epoch = max(1, self.loader.steps_per_epoch // args.grad_accum_steps)
-        self.num_steps = T.supervised_steps(steps_per_epoch, args.num_epochs, args.max_steps)
+        self.num_steps = T.supervised_steps(steps_per_epoch, args.num_epochs, args.max_steps, args.min_steps)
+        self.warmup_steps = T.warmup_for(self.num_steps, args.warmup_steps, args.warmup_frac)
         self.total_steps = self.num_steps + later_steps
         self.schedule = C.SaveSchedule(args.save_every, args.save_every_minutes, self.total_steps)
-        print0(f"training {self.num_steps} supervised steps ({steps_per_epoch}/epoch x {args.num_epochs})"
+        print0(f"training {self.num_steps} supervised steps ({steps_per_epoch}/epoch: "
+               f"{self.num_steps / steps_per_epoch:.2f} epochs; warm-up {self.warmup_steps})"
                f"{f' + {later_steps} later steps' if later_steps else ''}, batch {args.device_batch_size}x"
                f"{args.grad_accum_steps}x{self.world_size}, peak lr {self.lr * args.init_lr_frac:.2e}")
 
@@ -271,7 +273,7 @@ class FineTune:
         tput = progress.Throughput()
         try:
             for step in range(self.start_step, self.num_steps):
-                lr_now = T.set_lr(self.optimizer, T.lr_multiplier(step, self.num_steps, args.warmup_steps,
+                lr_now = T.set_lr(self.optimizer, T.lr_multiplier(step, self.num_steps, self.warmup_steps,
                                                                   warmdown_frac=1.0))
                 loss_sum = 0.0
                 for micro in range(args.grad_accum_steps):

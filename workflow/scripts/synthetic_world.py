@@ -3,4 +3,5 @@ from nanochat.pipeline.jobs import call_main
 
 p = snakemake.params  # noqa: F821 (injected by Snakemake)
 call_main(snakemake, "scripts.prepare_rag_dataset",  # noqa: F821
-          ["--mode", "synthetic", "--output", p.outdir, "--seed", p.seed, "--n_entities", p.n_entities])
+          ["--mode", "synthetic", "--output", p.outdir, "--seed", p.seed, "--n_entities", p.n_entities,
+           "--world", p.world])
