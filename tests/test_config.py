@@ -14,7 +14,8 @@ from nanochat.pipeline import config as wf_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
-CONFIGS = ["config/config.yaml", "tests/workflow/config_tiny.yaml", "tests/workflow/config_multi.yaml"]
+CONFIGS = ["config/config.yaml", "tests/workflow/config_tiny.yaml", "tests/workflow/config_multi.yaml",
+           "tests/workflow/config_scale.yaml"]
 
 
 def load(rel):

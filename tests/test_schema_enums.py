@@ -9,6 +9,7 @@ import yaml
 
 from nanochat.blocks import BLOCKS
 from nanochat.data.documents import VALIDATION_MODES
+from nanochat.retrieval.dense import INDEX_KINDS
 from nanochat.retrieval.hop_strategies import NEEDS_MODEL, STRATEGIES
 from nanochat.retrieval.registry import RETRIEVERS
 
@@ -26,6 +27,7 @@ REGISTRIES = {
     "runs.*.retriever_type": lambda: list(RETRIEVERS),
     "runs.*.hop_strategy": offline_strategies,
     "knowledge_bases.*.validation": lambda: list(VALIDATION_MODES),
+    "knowledge_bases.*.dense.index": lambda: list(INDEX_KINDS),
 }
 # enums with no registry in the library, and why
 NO_REGISTRY = {
