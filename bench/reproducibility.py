@@ -35,6 +35,8 @@ STAGES = [
     ("results/kb/*/rejected.jsonl", "validated documents"),
     ("results/kb/*", "knowledge bases"),
     ("results/runs/*/retrieval.parquet*", "precomputed retrieval"),
+    ("results/runs/*/retrieval_blocks/*", "precomputed retrieval"),
+    ("results/embedding_cache/*", "embedding cache"),
     ("results/runs/*/leakage.json", "leakage check"),
     ("results/runs/*/dataset/*", "dataset shards"),
     ("results/models/*/tokenizer/*", "tokenizer"),
