@@ -25,6 +25,9 @@ wf_config.check_config_references(config)
 
 RUNS = sorted(config["runs"])
 KBS = sorted(config["knowledge_bases"])
+# Snakemake's scatter-gather: kb_<kb> = the KB's shards, run_<run> = the run's precompute blocks (--set-scatter NAME=N).
+# A KB or run with 1 keeps its one-job rules; more go through the shard rules and a gather.
+workflow.scattergather(**wf_config.scatter_names(config))
 # The tokenizer and base model read the KB text through this index type (cheap to build), so that
 # changing a run's retriever settings never retrains them.
 TEXT_KB_TYPE = wf_config.TEXT_KB_TYPE
@@ -239,9 +242,84 @@ def hop_flags(wildcards):
     return wf_config.hop_args(run_cfg(wildcards))
 
 
-def torchrun_launcher(wildcards, resources):
-    """`torchrun ... --nproc_per_node=<gpu or 1>` (standalone on one node; rendezvous on several)."""
-    return wf_launch.torchrun_prefix(resources.gpu, getattr(resources, "nodes", 1))
+def torchrun_launcher(wildcards):
+    """The run's launcher: train.gpus processes per node (1 CPU process where no GPU is visible), train.nodes nodes
+    (srun + torchrun rendezvous under SLURM); decided on the node that runs it (nanochat/pipeline/launch.py)."""
+    run = run_cfg(wildcards)
+    return wf_launch.torchrun_prefix(wf_config.train_gpus(run), wf_config.train_nodes(run), config["device"])
+
+
+def train_resource(name):
+    """A fine-tune's resources from its run: gpu = train.gpus x train.nodes (what `--resources gpu=N` counts), nodes;
+    a multi-node run is an MPI-style SLURM job (the plugin runs the command as is, which calls srun itself): one
+    task per node (tasks) and no tasks-per-GPU."""
+
+    def value(wildcards):
+        run = run_cfg(wildcards)
+        nodes = wf_config.train_nodes(run)
+        return {"gpu": wf_config.gpu_resource(run), "nodes": nodes,
+                "mpi": "srun" if nodes > 1 else None, "tasks": nodes if nodes > 1 else None,
+                "tasks_per_gpu": 0 if nodes > 1 else None}[name]
+
+    return value
+
+
+# -----------------------------------------------------------------------------
+# Sharded KBs and precompute blocks
+
+
+def shards_of(scatter_name):
+    """Shard count of a scatter name, --set-scatter overrides included."""
+    return len(getattr(scatter, scatter_name)("{scatteritem}"))
+
+
+def kbs_sharded(sharded):
+    """Wildcard regex of the KBs built in shards (sharded=True) or in one job each."""
+    names = [k for k in KBS if (shards_of(f"kb_{k}") > 1) == sharded]
+    return "|".join(names) if names else "(?!)"
+
+
+def runs_sharded(sharded):
+    """Wildcard regex of the runs whose precompute runs in blocks (sharded=True) or in one job."""
+    names = [r for r in RUNS if (shards_of(f"run_{r}") > 1) == sharded]
+    return "|".join(names) if names else "(?!)"
+
+
+def kb_shard_files(pattern):
+    """Input function: the {kb}'s shard files, in shard order (gather.kb_<kb>)."""
+
+    def files(wildcards):
+        return getattr(gather, f"kb_{wildcards.kb}")(pattern, kb=wildcards.kb)
+
+    return files
+
+
+def run_block_files(wildcards):
+    """The {run}'s precompute blocks, in order (gather.run_<run>)."""
+    return getattr(gather, f"run_{wildcards.run}")("results/runs/{run}/retrieval_blocks/{scatteritem}.parquet",
+                                                  run=wildcards.run)
+
+
+def bm25_token_inputs(wildcards):
+    """Per-shard BM25 tokens of a sharded KB whose index type needs BM25 (bm25, hybrid)."""
+    if wildcards.kb_type not in ("bm25", "hybrid") or shards_of(f"kb_{wildcards.kb}") == 1:
+        return []
+    return kb_shard_files("results/kb/{kb}/shards/{scatteritem}/bm25_tokens.npz")(wildcards)
+
+
+def index_flags(wildcards, input):
+    """Build flags besides chunks: embeddings, the KB's dense settings, shard BM25 tokens, the embedding cache."""
+    flags = [embeddings_flag(wildcards, input)]
+    if wildcards.kb_type in NEEDS_EMBEDDINGS:
+        flags.append(wf_config.dense_build_flags(kb_cfg(wildcards)))
+    if input.get("bm25_tokens"):
+        flags.append(f"--bm25_tokens {' '.join(input.bm25_tokens)}")
+    return " ".join(f for f in flags if f)
+
+
+def run_search_flags(wildcards):
+    """Precompute's dense search overrides from the run's `search:`."""
+    return wf_config.search_flags(run_cfg(wildcards))
 
 
 def finetune_flags(wildcards):

@@ -8,11 +8,14 @@ changed, so a resume never continues from stale training (the checkpoint cadence
 save_every_minutes and keep_last, is not such a setting).
 
 Crash safety: periodic checkpoints from the config; SIGTERM/SIGUSR1 (SLURM time limit, preemption) checkpoint
-before exiting; the launcher is exec'd behind `nanochat.pipeline.launch guard` and the workers follow torchrun, so a
+before exiting; `nanochat.pipeline.launch torchrun` execs the launcher with a parent-death signal and the workers follow
+torchrun, so a
 killed Snakemake leaves no trainer behind; one trainer per checkpoint directory (trainer.lock).
 
-GPUs: `--nproc_per_node` is the rule's `gpu` resource (1 process on CPU when no GPU is visible). Multi-node
-(SLURM, resources nodes>1): see profiles/slurm/config.yaml.
+GPUs: a run's train.gpus is torchrun's --nproc_per_node and, times train.nodes, the rule's `gpu` resource, so
+`snakemake --resources gpu=8` runs one 8-GPU fine-tune (1 CPU process where no GPU is visible). train.nodes > 1
+(SLURM profile): one srun task per node, torchrun's c10d rendezvous at the allocation's first node
+(nanochat/pipeline/launch.py, profiles/slurm/config.yaml).
 """
 
 reads_config("base_dir", "device", "runs")
@@ -43,7 +46,11 @@ rule rag_finetune:
     resources:
         mem_mb=16000,
         runtime=240,
-        gpu=1,
+        gpu=train_resource("gpu"),
+        nodes=train_resource("nodes"),
+        mpi=train_resource("mpi"),
+        tasks=train_resource("tasks"),
+        tasks_per_gpu=train_resource("tasks_per_gpu"),
     conda:
         ENV_GPU
     shell:
@@ -84,7 +91,11 @@ rule refrag_finetune:
     resources:
         mem_mb=16000,
         runtime=480,
-        gpu=1,
+        gpu=train_resource("gpu"),
+        nodes=train_resource("nodes"),
+        mpi=train_resource("mpi"),
+        tasks=train_resource("tasks"),
+        tasks_per_gpu=train_resource("tasks_per_gpu"),
     conda:
         ENV_GPU
     shell:

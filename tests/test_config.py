@@ -21,7 +21,7 @@ def effective_schema(tmp_path_factory):
     """What the workflow validates against: the schema with its registries' names filled in."""
     return wf_config.write_schema(tmp_path_factory.mktemp("schema") / "config.schema.json")
 CONFIGS = ["config/config.yaml", "tests/workflow/config_tiny.yaml", "tests/workflow/config_multi.yaml",
-           "tests/workflow/config_upstream.yaml"]
+           "tests/workflow/config_upstream.yaml", "tests/workflow/config_scale.yaml"]
 
 
 def load(rel):

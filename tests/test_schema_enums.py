@@ -14,6 +14,7 @@ from nanochat.data.synthetic import WORLDS
 from nanochat.rag.conversation import CITE_STYLES
 from nanochat.rag.raft import NEGATIVES
 from nanochat.data.documents import VALIDATION_MODES
+from nanochat.retrieval.dense import INDEX_KINDS
 from nanochat.retrieval.hop_strategies import NEEDS_MODEL, STRATEGIES
 from nanochat.pipeline.config import schema_with_registries
 from nanochat.retrieval.hop_strategies import offline_choices
@@ -40,6 +41,7 @@ REGISTRIES = {
     "synthetic.world": lambda: list(WORLDS),
     "runs.*.train.negatives": lambda: list(NEGATIVES),
     "runs.*.train.cite": lambda: list(CITE_STYLES),
+    "knowledge_bases.*.dense.index": lambda: list(INDEX_KINDS),
 }
 # enums with no registry in the library, and why
 NO_REGISTRY = {

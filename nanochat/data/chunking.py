@@ -135,6 +135,24 @@ def read_chunks(path: str | Path):
     return df
 
 
+def shard_records(path, shard: str) -> list[dict]:
+    """The documents of one shard of a (validated) JSONL file, parsing only that shard's lines."""
+    from nanochat.retrieval.shards import parse_shard, shard_slice
+    i, n = parse_shard(shard)
+    with open(path, encoding="utf-8") as f:
+        count = sum(1 for line in f if line.strip())
+    part = shard_slice(count, i, n)
+    records, k = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            if part.start <= k < part.stop:
+                records.append(json.loads(line))
+            k += 1
+    return records
+
+
 def main(argv=None) -> int:
     from nanochat.cli import ArgumentParser, output_file
     from nanochat.data.documents import load_documents
@@ -143,8 +161,10 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=output_file, required=True, help="chunks.parquet to write")
     parser.add_argument("--chunk_tokens", type=int, default=256, help="max tokens per chunk (regex word/punct tokens)")
     parser.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive chunks of a document")
+    parser.add_argument("--shard", default=None, help="I-of-N: chunk only the I-th of N contiguous document ranges "
+                                                      "(a sharded KB build; nanochat.retrieval.shards)")
     args = parser.parse_args(argv)
-    docs = load_documents(args.input, mode="strict")
+    docs = load_documents(shard_records(args.input, args.shard) if args.shard else args.input, mode="strict")
     rows = chunk_documents(docs, args.chunk_tokens, args.overlap, show_progress=True)
     write_chunks(rows, args.output, chunker_settings(args.chunk_tokens, args.overlap))
     print0(f"wrote {len(rows)} chunks from {len(docs)} documents to {args.output}")

@@ -298,3 +298,47 @@ def eval_args(run: dict) -> str:
     elif e.get("abstain_threshold") is not None:
         args += ["--abstain_threshold", e["abstain_threshold"]]
     return " ".join(shlex.quote(str(a)) for a in args)
+
+
+# -----------------------------------------------------------------------------
+# Scale: shards, dense index settings, GPUs per run
+
+def scatter_names(config: dict) -> dict:
+    """Snakemake scattergather names and counts: kb_<kb> = knowledge_bases.<kb>.shards, run_<run> =
+    runs.<run>.precompute_shards (overridable with --set-scatter NAME=N)."""
+    names = {f"kb_{k}": int(v.get("shards", 1)) for k, v in config["knowledge_bases"].items()}
+    names.update({f"run_{r}": int(v.get("precompute_shards", 1)) for r, v in config["runs"].items()})
+    return names
+
+
+def flags_of(settings: dict) -> str:
+    """--key value for every set (non-null) entry, in key order."""
+    return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in sorted(settings.items()) if v is not None)
+
+
+def dense_build_flags(kb: dict) -> str:
+    """python -m nanochat.retrieval flags of a KB's `dense:` settings (null = the library's default)."""
+    return flags_of(kb.get("dense") or {})
+
+
+def search_flags(run: dict) -> str:
+    """Precompute's dense search overrides from a run's `search:` (dense and hybrid runs only)."""
+    if run.get("retriever_type") not in ("dense", "hybrid"):
+        return ""
+    return flags_of(run.get("search") or {})
+
+
+def train_gpus(run: dict) -> int:
+    """GPUs per node of a run's fine-tune (torchrun --nproc_per_node)."""
+    return int((run.get("train") or {}).get("gpus", 1))
+
+
+def train_nodes(run: dict) -> int:
+    """Nodes of a run's fine-tune (torchrun --nnodes; > 1 only under SLURM)."""
+    return int((run.get("train") or {}).get("nodes", 1))
+
+
+def gpu_resource(run: dict) -> int:
+    """The fine-tune rule's `gpu` resource: every GPU the run holds (per node x nodes), so that
+    `snakemake --resources gpu=8` admits one 8-GPU run, or two 4-GPU runs, at a time."""
+    return train_gpus(run) * train_nodes(run)

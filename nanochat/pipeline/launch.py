@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import shlex
 import shutil
 from pathlib import Path
@@ -14,23 +15,84 @@ from nanochat.common import atomic_write_json, setup_logging, sha256_file
 
 FINGERPRINT_FILE = "workflow_fingerprint.json"
 logger = logging.getLogger(__name__)
-GUARD = "python -m nanochat.pipeline.launch guard"  # exec the launcher with a parent-death signal
+GUARD = "python -m nanochat.pipeline.launch guard"  # exec a command with a parent-death signal
 
 
-def torchrun_prefix(gpus: int, nodes: int = 1, port: int = 29500) -> str:
-    """The launcher in front of `-m scripts.*_finetune`.
+LAUNCH = "python -m nanochat.pipeline.launch torchrun"
+RDZV_PORT = 29500
 
-    One node: `torchrun --standalone --nproc_per_node=N` with N = the rule's gpu resource (1 process on CPU).
-    Several nodes (SLURM job with resources nodes>1): one torchrun per node through srun, meeting at the first
-    node of the allocation. The executor plugin's job step strips most SLURM_* variables, so the node list is
-    read back from squeue.
+
+def torchrun_prefix(gpus: int, nodes: int = 1, device: str = "auto") -> str:
+    """The launcher a fine-tune rule puts in front of `-m scripts.*_finetune ...` (the command's text).
+
+    The process layout is decided where the job runs (`torchrun_argv`): GPUs per node = the run's train.gpus when
+    that many are visible there (one CPU process when none is and device is auto; `device: cpu` runs train.gpus
+    CPU processes); several nodes = one srun task per node, meeting through torchrun's c10d rendezvous.
     """
-    nproc = max(1, int(gpus or 0))
-    if int(nodes or 1) <= 1:
-        return f"{GUARD} torchrun --standalone --nproc_per_node={nproc}"
-    head = "$(scontrol show hostnames $(squeue -h -j $SLURM_JOB_ID -o %N) | head -n 1)"
-    return (f"{GUARD} srun --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc_per_node={nproc}"
-            f" --rdzv_backend=c10d --rdzv_id=$SLURM_JOB_ID --rdzv_endpoint={head}:{port}")
+    return f"{LAUNCH} --gpus {max(1, int(gpus or 0))} --nodes {max(1, int(nodes or 1))} --device {device} --"
+
+
+def visible_gpus() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def local_nproc(gpus: int, device: str = "auto", visible: int | None = None) -> int:
+    """Processes on this node: `gpus` on GPUs (all of them must be visible), 1 on a CPU-only node under device
+    auto (the DAG still runs there), `gpus` CPU processes (gloo) under device cpu."""
+    gpus = max(1, int(gpus))
+    if device == "cpu":
+        return gpus
+    visible = visible_gpus() if visible is None else visible
+    if visible >= gpus:
+        return gpus
+    if visible == 0 and device == "auto":
+        logger.warning("launch: no GPU visible on this node; running 1 CPU process instead of %d", gpus)
+        return 1
+    raise SystemExit(f"launch: the run asks for {gpus} GPU(s) per node (runs.<run>.train.gpus), {visible} visible here"
+                     + ("" if visible else " (device: cuda)"))
+
+
+def slurm_head_node(job_id: str) -> str:
+    """First node of a SLURM allocation (squeue: the job step strips SLURM_JOB_NODELIST)."""
+    import subprocess
+    nodes = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%N"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    return subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                          check=True).stdout.split()[0]
+
+
+def rdzv_port(job_id) -> int:
+    """A rendezvous port per job, so two multi-node jobs sharing a head node do not collide."""
+    return RDZV_PORT + int(job_id) % 20_000
+
+
+def torchrun_argv(gpus: int, nodes: int, device: str, rest: list[str], env=None, visible: int | None = None,
+                  head: str | None = None) -> list[str]:
+    """The command this node runs.
+
+    One node: `torchrun --standalone --nproc_per_node=P ...`.
+    Several nodes, in the SLURM job (no SLURM_PROCID yet): `srun --ntasks=N --kill-on-bad-exit=1 <this launcher>`,
+    one task per node of the allocation (sbatch --nodes=N --ntasks=N); each task (SLURM_PROCID set) then runs
+    `torchrun --nnodes=N --nproc_per_node=P --rdzv_backend=c10d --rdzv_id=JOB --rdzv_endpoint=HEAD:PORT ...`.
+    """
+    env = os.environ if env is None else env
+    if nodes <= 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={local_nproc(gpus, device, visible)}", *rest]
+    job = env.get("SLURM_JOB_ID")
+    if not job:
+        raise SystemExit(f"launch: a {nodes}-node run needs a SLURM allocation (snakemake --profile profiles/slurm); "
+                         "set runs.<run>.train.nodes to 1 to train on this machine")
+    if "SLURM_PROCID" not in env:
+        head = head or slurm_head_node(job)
+        return ["srun", f"--ntasks={nodes}", "--kill-on-bad-exit=1", *LAUNCH.split()[:-1], "torchrun",
+                "--gpus", str(gpus), "--nodes", str(nodes), "--device", device, "--head", head, "--", *rest]
+    return ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={local_nproc(gpus, device, visible)}",
+            "--rdzv_backend=c10d", f"--rdzv_id={job}", f"--rdzv_endpoint={head}:{rdzv_port(job)}", *rest]
+
 
 def _last_step(checkpoint_dir: Path) -> int:
     steps = [int(p.stem.split("_")[-1]) for p in checkpoint_dir.glob("model_*.pt") if p.stem.split("_")[-1].isdigit()]
@@ -115,6 +177,12 @@ def add_commands(sub) -> None:
     p.add_argument("--output", required=True)
     p = sub.add_parser("guard", help="exec a command that gets SIGTERM when this process's parent dies")
     p.add_argument("argv", nargs=argparse.REMAINDER, help="the command, e.g. torchrun --standalone ...")
+    p = sub.add_parser("torchrun", help="exec torchrun for this node (guarded): GPUs per node, nodes through srun")
+    p.add_argument("--gpus", type=int, default=1, help="processes per node (GPUs; see local_nproc)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (> 1: one srun task per node, c10d rendezvous)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--head", default=None, help="rendezvous host (set by the srun step)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="-- then torchrun's script arguments (-m scripts.X ...)")
 
 
 def run_command(args) -> int:
@@ -125,6 +193,12 @@ def run_command(args) -> int:
     elif args.command == "guard":
         from nanochat.train.lifeline import exec_guarded
         exec_guarded(args.argv)
+    elif args.command == "torchrun":
+        from nanochat.train.lifeline import exec_guarded
+        rest = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        argv = torchrun_argv(args.gpus, args.nodes, args.device, rest, head=args.head)
+        logger.info("launch: %s", shlex.join(argv))
+        exec_guarded(argv)
     return 0
 
 

@@ -7,6 +7,8 @@ Build from stage outputs (the Snakemake DAG):
     python -m nanochat.retrieval --chunks chunks.parquet --embeddings embeddings.npy --output kb --type hybrid
 Query:
     python -m nanochat.retrieval --knowledge_base data/my_kb --type bm25 --query "return policy" --top_k 3
+Large KBs (dense): --index ivf_pq --pq_m 48 at build (auto picks by size), --nprobe 64 --ef_search 256 --refine 4 at
+build (recorded) or at query time (override).
 """
 from __future__ import annotations
 
@@ -40,6 +42,12 @@ def build_parser() -> ArgumentParser:
     p.add_bool("--bm25_stemmer", default=True, help="Snowball English stemming for BM25")
     p.add_argument("--tune_fusion", default=None,
                    help="val questions (JSONL with doc_ids): tune the hybrid dense weight on them and record it in the KB")
+    p.add_argument("--bm25_tokens", nargs="+", default=None,
+                   help="per-shard BM25 token files of --chunks, in order (python -m nanochat.retrieval.shards bm25-tokens)")
+    p.add_argument("--embedding_cache", default=None,
+                   help="embedding cache directory (nanochat.retrieval.embed_cache): encode only chunks it lacks")
+    from nanochat.retrieval.dense import add_dense_flags
+    add_dense_flags(p)  # build: recorded in the KB; query: --nprobe/--ef_search/--refine override the search
     # --- query mode
     p.add_argument("--knowledge_base", default=None, help="query this KB instead of building one")
     p.add_argument("--query", action="append", default=None, help="query text (repeatable)")
@@ -52,7 +60,9 @@ def run_query(args) -> int:
     if not args.query:
         print0("ERROR --knowledge_base needs at least one --query", file=sys.stderr)
         return 2
-    manager = RetrievalManager(retriever_type=args.type, knowledge_base_path=args.knowledge_base)
+    from nanochat.retrieval.dense import dense_flag_settings
+    search = dense_flag_settings(args, build=False) if args.type in ("dense", "hybrid") else {}
+    manager = RetrievalManager(retriever_type=args.type, knowledge_base_path=args.knowledge_base, **search)
     for query, docs in zip(args.query, manager.retrieve_batch(args.query, top_k=args.top_k)):
         print0(f"Query: {query}")
         if not docs:
@@ -65,18 +75,23 @@ def run_query(args) -> int:
 def run_build(args) -> int:
     from pathlib import Path
 
+    from nanochat.retrieval.dense import dense_flag_settings
     from nanochat.retrieval.kb import build_knowledge_base, build_knowledge_base_from_chunks
     types = [t.strip() for t in args.type.split(",") if t.strip()]
+    dense = dense_flag_settings(args)
+    settings = {"dense": dense} if dense else None
     bm25 = {"k1": args.bm25_k1, "b": args.bm25_b, "method": args.bm25_method, "stemmer": "english" if args.bm25_stemmer else None}
     if args.chunks:
         kb = build_knowledge_base_from_chunks(args.chunks, args.output, types, embeddings_path=args.embeddings,
                                               embedder_info=args.embedder_info, model=args.model, precision=args.precision,
-                                              bm25_settings=bm25)
+                                              bm25_settings=bm25, retriever_settings=settings,
+                                              embedding_cache=args.embedding_cache, bm25_tokens=args.bm25_tokens)
     else:
         rejected = args.rejected or (str(Path(args.output) / "rejected.jsonl") if args.validation == "lenient" else None)
         kb = build_knowledge_base(args.documents, args.output, types, model=args.model, chunk_tokens=args.chunk_tokens,
                                   chunk_overlap=args.chunk_overlap, validation=args.validation, precision=args.precision,
-                                  bm25_settings=bm25, rejected_path=rejected)
+                                  bm25_settings=bm25, rejected_path=rejected, retriever_settings=settings,
+                                  embedding_cache=args.embedding_cache)
     if args.tune_fusion:
         from nanochat.data.queries import load_queries
         from nanochat.retrieval.hybrid import apply_tuned_fusion

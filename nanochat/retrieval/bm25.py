@@ -3,7 +3,7 @@
 Tokenisation: lowercase, words of 2+ characters, English stopwords removed, Snowball stemmer
 (PyStemmer) on by default: stemming measured +3 points nDCG@10 on SciFact train. Defaults are
 Lucene's BM25 (k1=1.5, b=0.75). The index is saved with bm25s's own `save` (JSON + .npy,
-allow_pickle=False); our tokenizer settings go in `bm25/tokenizer.json`.
+allow_pickle=False) and loaded memory-mapped; our tokenizer settings go in `bm25/tokenizer.json`.
 """
 from __future__ import annotations
 
@@ -82,7 +82,9 @@ class BM25Retriever(Retriever):
         self.n_threads = n_threads  # bm25s: 0 = this thread only, -1 = every core (numba prange)
 
     @classmethod
-    def build(cls, kb_dir, chunks, settings, embeddings=None) -> dict:
+    def build(cls, kb_dir, chunks, settings, embeddings=None, tokens=None) -> dict:
+        """tokens: per-shard token files (nanochat.retrieval.shards.write_bm25_tokens) of these chunks, in order;
+        the index is then built from them, with the same files as tokenizing here."""
         from nanochat.retrieval.kb import atomic_dir, passage_texts
         s = {**DEFAULTS, **(settings or {})}
         unknown = sorted(set(s) - set(DEFAULTS))
@@ -91,7 +93,12 @@ class BM25Retriever(Retriever):
         tok = Tokenizer(s["stemmer"], s["stopwords"])
         s["stemmer"] = tok.stemmer_name
         model = make_bm25(s, "numpy")  # the index files do not depend on the search backend
-        model.index(sorted_vocab_corpus(tok.batch(passage_texts(chunks))), show_progress=True)
+        if tokens:
+            from nanochat.retrieval.shards import read_bm25_tokens
+            corpus = read_bm25_tokens(tokens, chunks, s)
+        else:
+            corpus = sorted_vocab_corpus(tok.batch(passage_texts(chunks)))
+        model.index(corpus, show_progress=True)
         with atomic_dir(Path(kb_dir) / cls.name) as d:
             model.save(str(d), allow_pickle=False, show_progress=False)
             (d / "tokenizer.json").write_text(json.dumps({"pattern": WORD_RE.pattern, "stemmer": s["stemmer"],
@@ -107,7 +114,8 @@ class BM25Retriever(Retriever):
         d = Path(kb.path) / cls.name
         tok_cfg = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
         settings = (kb.manifest.get("retrievers", {}).get(cls.name) or {}).get("settings", {})
-        model = bm25s.BM25.load(str(d), allow_pickle=False, mmap=False, load_corpus=False, verbosity=0)
+        # memory-mapped: the CSC score matrix stays in the KB's files and the OS pages in the columns queries touch
+        model = bm25s.BM25.load(str(d), allow_pickle=False, mmap=True, load_corpus=False, verbosity=0)
         model.backend = "numpy"
         r = cls(model, Tokenizer(tok_cfg["stemmer"], tok_cfg["stopwords"]), int(model.scores["num_docs"]), n_threads)
         r.backend = backend or settings.get("backend", "auto")

@@ -2,7 +2,9 @@
 
 Files under `<kb>/dense/`: `index.faiss` (faiss.write_index, no pickle) and `settings.json`
 (model, precision, index kind) so the index carries what it was built with. Small KBs
-use exact search (IndexFlatIP); above `ivf_threshold` rows "auto" switches to IVF.
+use exact search (IndexFlatIP); above `ivf_threshold` rows "auto" switches to IVF, and above
+`compress_threshold` to a compressed index (IVF-PQ by default, or IVF-SQ8; nanochat/retrieval/ann.py)
+searched memory-mapped, its candidates re-scored exactly from embeddings.npy (`refine`).
 
 Builds are byte-reproducible: IVF samples its training rows and seeds k-means with fixed seeds,
 and HNSW inserts on one thread by default (FAISS's parallel insertion links nodes in whatever
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from nanochat.common import atomic_path, atomic_write_json
+from nanochat.retrieval import ann
 from nanochat.retrieval.base import Retriever
 
 ADD_BLOCK = 16_384  # rows copied into FAISS at a time: a memmapped matrix is never fully materialised twice
@@ -67,8 +70,11 @@ def faiss_threads(n: int):
         faiss.omp_set_num_threads(before)
 
 
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", *ann.COMPRESSED)
+
+
 def build_index(embeddings: np.ndarray, kind: str = "flat", nlist: int | None = None, hnsw_m: int = 32,
-                ef_construction: int = 200, seed: int = 0, hnsw_build_threads: int = 1):
+                ef_construction: int = 200, seed: int = 0, hnsw_build_threads: int = 1, pq_m: int = 48):
     """A FAISS inner-product index over (N, d) normalised vectors, filled block by block.
 
     Same vectors and arguments -> the same index bytes: IVF's training sample and k-means use `seed`;
@@ -103,8 +109,13 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", nlist: int | None = 
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
+    elif kind in ann.COMPRESSED:
+        index, train_size = ann.make_compressed(kind, d, n, nlist, pq_m, seed)
+        train = ann.sample_rows(embeddings, train_size, seed, _normalised_block)
+        index.train(train)
+        del train
     else:
-        raise ValueError(f"dense index kind must be flat, ivf or hnsw, got {kind!r}")
+        raise ValueError(f"dense index kind must be one of {', '.join(INDEX_KINDS[1:])}, got {kind!r}")
     mapped = getattr(embeddings, "_mmap", None)  # np.memmap / np.load(mmap_mode=...)
     with faiss_threads(hnsw_build_threads if kind == "hnsw" else 0):
         for start in range(0, n, ADD_BLOCK):
@@ -114,13 +125,55 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", nlist: int | None = 
     return index
 
 
+def choose_kind(settings: dict, n: int) -> str:
+    """The index kind for n chunks: as set, or by size under "auto" (flat < ivf_threshold <= ivf < compress_threshold)."""
+    kind = settings["index"]
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"dense index must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
+    if kind != "auto":
+        return kind
+    if n >= int(settings["compress_threshold"]):
+        if settings["compressed"] not in ann.COMPRESSED:
+            raise ValueError(f"dense compressed must be one of {', '.join(ann.COMPRESSED)}, got {settings['compressed']!r}")
+        return settings["compressed"]
+    return "ivf" if n >= int(settings["ivf_threshold"]) else "flat"
+
+
+# Command-line spellings of the dense settings (python -m nanochat.retrieval, nanochat.retrieval.precompute,
+# nanochat.retrieval.evaluate): build flags are recorded in the KB, search flags override at load.
+BUILD_FLAGS = {"index": (str, "auto | flat | ivf | hnsw | ivf_pq | ivf_sq8 (auto: by KB size)"),
+               "nlist": (int, "IVF lists (default ~4 sqrt(N))"),
+               "pq_m": (int, "IVF-PQ bytes per vector (divides the dimension)"),
+               "compress_threshold": (int, "auto: chunks from which the index is compressed")}
+SEARCH_FLAGS = {"nprobe": (int, "IVF lists scanned per query"),
+                "ef_search": (int, "HNSW candidate list length at search"),
+                "refine": (int, "compressed index: re-score refine x top_k candidates exactly (0 = off)")}
+
+
+def add_dense_flags(parser, build: bool = True) -> None:
+    """--nprobe/--ef_search/--refine (and with build, --index/--nlist/--pq_m/--compress_threshold); None = unset."""
+    for name, (kind, help_text) in {**(BUILD_FLAGS if build else {}), **SEARCH_FLAGS}.items():
+        parser.add_argument(f"--{name}", type=kind, default=None, help=f"dense: {help_text}")
+
+
+def dense_flag_settings(args, build: bool = True) -> dict:
+    """The dense settings given on the command line (see add_dense_flags)."""
+    names = [*(BUILD_FLAGS if build else {}), *SEARCH_FLAGS]
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
 class DenseRetriever(Retriever):
     name = "dense"
     DEFAULTS = {
         "model": "all-MiniLM-L6-v2",
         "precision": "auto",        # query encoding precision; at load the KB manifest's embedding precision wins
-        "index": "auto",            # auto | flat | ivf | hnsw
+        "index": "auto",            # auto | flat | ivf | hnsw | ivf_pq | ivf_sq8
         "ivf_threshold": 50_000,    # auto: exact search below this many chunks, IVF above
+        "compress_threshold": 500_000,  # auto: a compressed index (`compressed`) from this many chunks on
+        "compressed": "ivf_pq",     # the compressed kind auto picks: ivf_pq | ivf_sq8
+        "pq_m": 48,                 # IVF-PQ: bytes per vector (a divisor of the dimension; 48 -> 32x smaller than float32)
+        "refine": 4,                # compressed: re-score refine x top_k candidates exactly from embeddings.npy (0 = off)
+        "mmap": "auto",             # auto (compressed kinds) | true | false: open index.faiss with IO_FLAG_MMAP
         "nlist": None,              # IVF lists (None: ~4 sqrt(N))
         "nprobe": 32,               # IVF lists scanned per query
         "hnsw_m": 32,
@@ -129,6 +182,9 @@ class DenseRetriever(Retriever):
         "query_batch_size": 256,
         "use_gpu": "auto",          # auto | true | false: GPU FAISS when built with GPU support and CUDA is present
     }
+
+    # what may change at load without a rebuild (RetrievalManager(..., nprobe=64), the CLIs' --nprobe/--ef_search/--refine)
+    SEARCH_SETTINGS = ("nprobe", "ef_search", "refine", "mmap", "use_gpu", "query_batch_size", "precision", "model")
 
     def __init__(self, index, settings: dict, kb_path: Path | None = None):
         self.index = index
@@ -148,11 +204,9 @@ class DenseRetriever(Retriever):
             raise ValueError(f"embeddings have {n} rows but the KB has {len(chunks)} chunks; rebuild the embeddings")
         if n == 0:
             raise ValueError("cannot build a dense index over an empty knowledge base (0 chunks)")
-        kind = s["index"]
-        if kind == "auto":
-            kind = "ivf" if n >= s["ivf_threshold"] else "flat"
+        kind = choose_kind(s, n)
         index = build_index(embeddings, kind, nlist=s["nlist"], hnsw_m=s["hnsw_m"],
-                            hnsw_build_threads=int(s["hnsw_build_threads"]))
+                            hnsw_build_threads=int(s["hnsw_build_threads"]), pq_m=int(s["pq_m"]))
         out_dir = Path(kb_dir) / cls.name
         out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(out_dir / "index.faiss") as tmp:
@@ -160,6 +214,9 @@ class DenseRetriever(Retriever):
         used = {**s, "index_kind": kind, "dimension": int(d), "rows": int(n)}
         if kind == "ivf":
             used["nlist"] = int(index.nlist)
+        elif kind in ann.COMPRESSED:
+            used["index_params"] = ann.describe(index, kind)
+            used["nlist"] = used["index_params"]["nlist"]
         atomic_write_json(out_dir / "settings.json", used)
         return used
 
@@ -175,6 +232,8 @@ class DenseRetriever(Retriever):
         if unknown:
             raise ValueError(f"unknown dense retriever setting(s): {sorted(unknown)}; known: {sorted(cls.DEFAULTS)}")
         settings.update(overrides)
+        if settings.get("index_kind") is None:  # settings.json of a KB built before compressed kinds existed
+            settings["index_kind"] = "flat"
         # queries must be encoded by the model that embedded the chunks: the KB manifest is the authority
         emb = (getattr(kb, "manifest", None) or {}).get("embedding") or {}
         if emb.get("model") and "model" not in overrides:
@@ -183,8 +242,8 @@ class DenseRetriever(Retriever):
         if "precision" not in overrides:  # ... and at the precision they were encoded with, where this host can run it
             from nanochat.retrieval.embeddings import query_precision
             settings["precision"] = query_precision(emb.get("precision") or settings.get("precision"))
-        index = faiss.read_index(str(out_dir / "index.faiss"))
-        if settings.get("index_kind") == "ivf":
+        index = ann.read_index(out_dir / "index.faiss", settings["index_kind"], settings.get("mmap", "auto"))
+        if settings["index_kind"] in ("ivf", *ann.COMPRESSED):
             index.nprobe = int(settings["nprobe"])
         elif settings.get("index_kind") == "hnsw":
             index.hnsw.efSearch = int(settings["ef_search"])
@@ -197,7 +256,13 @@ class DenseRetriever(Retriever):
         return cls(index, settings, Path(kb.path))
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
+        """Query vectors; through the embedding cache when one is attached (precompute --embedding_cache)."""
         from nanochat.retrieval.embeddings import encode_texts
+        cache = getattr(self, "embedding_cache", None)
+        if cache:
+            from nanochat.retrieval.embed_cache import cached_encode
+            return cached_encode(queries, self.settings["model"], cache, batch_size=64, precision=self.settings["precision"],
+                                 show_progress=len(queries) > 1000)[0]
         return encode_texts(queries, self.settings["model"], batch_size=64, precision=self.settings["precision"],
                             show_progress=len(queries) > 1000)
 
@@ -210,12 +275,25 @@ class DenseRetriever(Retriever):
         if q == 0 or k == 0:
             return idx, scores
         bs = int(self.settings.get("query_batch_size", 256))
+        factor = int(self.settings.get("refine") or 0) if self.settings.get("index_kind") in ann.COMPRESSED else 0
         for start in range(0, q, bs):
-            s, i = self.index.search(np.ascontiguousarray(vectors[start:start + bs], dtype=np.float32), k)
+            batch = np.ascontiguousarray(vectors[start:start + bs], dtype=np.float32)
+            if factor > 0 and self.exact_vectors() is not None:
+                _, cand = self.index.search(batch, min(self.index.ntotal, factor * k))
+                i, s = ann.refine(self.exact_vectors(), batch, cand, k)
+            else:
+                s, i = self.index.search(batch, k)
             s[i < 0] = -np.inf
             idx[start:start + bs, :k] = i
             scores[start:start + bs, :k] = s
         return idx, scores
+
+    def exact_vectors(self) -> np.ndarray | None:
+        """The KB's float32 embeddings, memory-mapped (for `refine`); None when the KB has none."""
+        if not hasattr(self, "_exact"):
+            path = self.kb_path / "embeddings.npy" if self.kb_path is not None else None
+            self._exact = np.load(path, mmap_mode="r", allow_pickle=False) if path and path.is_file() else None
+        return self._exact
 
     def search_batch(self, queries: list[str], top_k: int) -> tuple[np.ndarray, np.ndarray]:
         if top_k < 1:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from nanochat.common import atomic_path, atomic_write_json, print0
+from nanochat.retrieval.shards import ids_sha256  # the sidecar's chunk-id hash (one definition, shared with the gathers)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PACKAGED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -261,13 +262,40 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
+LENGTH_PROBE = 512  # texts tokenised at a time to measure their token counts
+
+
+def token_lengths(model, texts: list[str]) -> np.ndarray:
+    """Token count of each text as the model sees it (special tokens included, after truncation)."""
+    out = np.empty(len(texts), dtype=np.int64)
+    for start in range(0, len(texts), LENGTH_PROBE):
+        mask = _tokenize(model, texts[start:start + LENGTH_PROBE])["attention_mask"]
+        out[start:start + LENGTH_PROBE] = np.asarray(mask.sum(dim=1))
+    return out
+
+
+def same_length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of equal token count, longest first (an OOM shows up at once).
+
+    No batch is padded, so a text's vector is the same whatever else is encoded with it: a text
+    embedded alone, in another shard or from the embedding cache gives the same bytes as in a full build
+    (padding changes the reductions' length and with it the last bits).
+    """
+    order = np.lexsort((np.arange(len(lengths)), -lengths))
+    batches = []
+    for length in np.unique(lengths)[::-1]:
+        rows = order[lengths[order] == length]
+        batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    return batches
+
+
 def encode_texts(texts, model_name: str = DEFAULT_MODEL, batch_size: int = 32, precision: str = "auto",
                  device=None, show_progress: bool = True, out: np.ndarray | None = None) -> np.ndarray:
     """Encode texts to L2-normalised float32 vectors (N, d), in input order.
 
-    Texts are batched longest-first so each batch pads to similar lengths. Pass `out`
-    (e.g. an np.lib.format.open_memmap of shape (N, d)) to write rows in place and keep
-    only one copy of the matrix in memory.
+    Texts are batched by token count (`same_length_batches`): no padding, so each row depends on its
+    own text only. Pass `out` (e.g. an np.lib.format.open_memmap of shape (N, d)) to write rows in
+    place and keep only one copy of the matrix in memory.
     """
     texts = [str(t) for t in texts]
     if batch_size < 1:
@@ -279,19 +307,17 @@ def encode_texts(texts, model_name: str = DEFAULT_MODEL, batch_size: int = 32, p
     if out is None:
         out = np.empty((len(texts), dim), dtype=np.float32)
     assert out.shape == (len(texts), dim), f"out has shape {out.shape}, expected {(len(texts), dim)}"
-    order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: an OOM shows up at once
     from tqdm.auto import tqdm
     bar = tqdm(total=len(texts), desc=f"embed ({prec})", unit="text", disable=not show_progress)
     import warnings
     with torch.inference_mode(), _autocast(prec, dev), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated.*")  # quantized ops warn on every call in torch 2.13
-        for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
+        for rows in same_length_batches(token_lengths(model, texts), batch_size) if texts else []:
             features = _tokenize(model, [texts[i] for i in rows])
             features = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in features.items()}
             emb = model(features)["sentence_embedding"].float()  # (B, d)
             emb = torch.nn.functional.normalize(emb, dim=-1)
-            out[np.sort(rows)] = emb.cpu().numpy()[np.argsort(rows)]
+            out[rows] = emb.cpu().numpy()
             bar.update(len(rows))
     bar.close()
     return out
@@ -325,11 +351,6 @@ def embedder_info(model_name: str = DEFAULT_MODEL, precision: str = "auto", devi
     return info
 
 
-def ids_sha256(ids) -> str:
-    h = hashlib.sha256()
-    for i in ids:
-        h.update(str(i).encode("utf-8") + b"\n")
-    return h.hexdigest()
 
 
 def main(argv=None):
@@ -341,6 +362,9 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (int8: dynamic quantization, CPU)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    parser.add_argument("--cache", default=None,
+                        help="embedding cache directory shared by KB versions (nanochat.retrieval.embed_cache): "
+                             "only chunks whose text is not cached are encoded")
     args = parser.parse_args(argv)
 
     import pandas as pd
@@ -357,7 +381,13 @@ def main(argv=None):
     output = Path(args.output)
     with atomic_path(output) as tmp:
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), info["dimension"]))
-        encode_texts(texts, args.model, args.batch_size, args.precision, args.device, out=mm)
+        if args.cache:
+            from nanochat.retrieval.embed_cache import cached_encode
+            _, stats = cached_encode(texts, args.model, args.cache, args.batch_size, args.precision, args.device, out=mm)
+            print0(f"embedding cache: {stats['hits']} of {stats['rows']} cached, {stats['computed']} encoded"
+                   + (f", {stats['damaged']} damaged entries recomputed" if stats["damaged"] else ""))
+        else:
+            encode_texts(texts, args.model, args.batch_size, args.precision, args.device, out=mm)
         mm.flush()
         del mm
     sidecar = {**info, "rows": len(texts), "chunk_ids_sha256": ids_sha256(chunks["id"]),

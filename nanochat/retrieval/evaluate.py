@@ -97,10 +97,12 @@ def compute_metrics(qrels: dict, run: dict, metrics=DEFAULT_METRICS, scorer: str
 # KB from a BEIR corpus
 
 def build_or_load_kb(docs: list[dict], kb_dir, retriever_type: str | list[str], model: str = "all-MiniLM-L6-v2",
-                     precision: str = "auto", embeddings_path=None, retriever_settings: dict | None = None):
+                     precision: str = "auto", embeddings_path=None, retriever_settings: dict | None = None,
+                     embedding_cache=None):
     """Reuse the KB at kb_dir when it holds these exact passages and the index(es); else (re)build it.
 
-    Returns (kb, reused). Indexes already in kb_dir for the same passages are kept.
+    Returns (kb, reused). Indexes already in kb_dir for the same passages are kept. With embedding_cache, a
+    rebuild after a corpus edit encodes only the passages the cache lacks.
     """
     import tempfile
     from nanochat.data.sources.beir import corpus_to_chunks
@@ -126,17 +128,20 @@ def build_or_load_kb(docs: list[dict], kb_dir, retriever_type: str | list[str], 
         kb = build_knowledge_base_from_chunks(chunks_path, kb_dir, types, embeddings_path=embeddings_path,
                                               embedder_info=emb_info, model=model, precision=precision,
                                               retriever_settings=retriever_settings or {},
-                                              chunker={"beir": "one chunk per passage"})
+                                              chunker={"beir": "one chunk per passage"}, embedding_cache=embedding_cache)
     return kb, False
 
 
 def evaluate_retriever(kb, retriever_type: str, queries: dict[str, str], qrels: dict, top_k: int = 100,
-                       metrics=DEFAULT_METRICS, scorer: str = "ranx", **load_settings) -> dict:
+                       metrics=DEFAULT_METRICS, scorer: str = "ranx", embedding_cache=None, **load_settings) -> dict:
     """Run the queries that have qrels through one retriever of a loaded KB; metrics + timing."""
     qids = [q for q in qrels if q in queries]
     if not qids:
         raise ValueError("no query id of the qrels appears in the queries file; are they from the same dataset/split?")
     retriever = kb.retriever(retriever_type, **load_settings)
+    if embedding_cache:
+        from nanochat.retrieval.precompute import attach_embedding_cache
+        attach_embedding_cache(retriever, embedding_cache)
     retriever.search_batch([queries[qids[0]]], top_k)  # warm-up: model load / JIT compile is not search speed
     t0 = time.perf_counter()
     idx, _ = retriever.search_batch([queries[q] for q in qids], top_k)
@@ -170,6 +175,9 @@ def main(argv=None):
     parser.add_argument("--settings", default=None, help='JSON search-time settings for the retriever, e.g. \'{"fusion": "rrf"}\'')
     parser.add_argument("--scorer", default="ranx", choices=["ranx", "numpy"], help="metric implementation")
     parser.add_argument("--run_output", default=None, help="also write the BEIR results {qid: {doc_id: score}} JSON here")
+    parser.add_argument("--embedding_cache", default=None,
+                        help="embedding cache directory (nanochat.retrieval.embed_cache): passages and queries it holds "
+                             "are not encoded again")
     parser.add_argument("--output", type=output_file, required=True, help="metrics.json")
     args = parser.parse_args(argv)
     load_settings = json.loads(args.settings) if args.settings else {}
@@ -182,8 +190,10 @@ def main(argv=None):
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         kb_dir = Path(args.kb_dir) if args.kb_dir else Path(tmp) / "kb"
-        kb, reused = build_or_load_kb(docs, kb_dir, args.type, args.model, args.precision, args.embeddings)
-        result = evaluate_retriever(kb, args.type, queries, qrels, args.top_k, scorer=args.scorer, **load_settings)
+        kb, reused = build_or_load_kb(docs, kb_dir, args.type, args.model, args.precision, args.embeddings,
+                                      embedding_cache=args.embedding_cache)
+        result = evaluate_retriever(kb, args.type, queries, qrels, args.top_k, scorer=args.scorer,
+                                    embedding_cache=args.embedding_cache, **load_settings)
     run = result.pop("_run")
     result.update({"kb_reused": reused, "corpus": str(args.corpus), "queries": str(args.queries), "qrels": str(args.qrels)})
     atomic_write_json(args.output, result)

@@ -134,13 +134,16 @@ class HybridRetriever(Retriever):
 
     @classmethod
     def load(cls, kb, **overrides) -> "HybridRetriever":
-        """Overrides (fusion, dense_weight, rrf_k, depth, depth_factor) change search without a rebuild."""
+        """Overrides (fusion, dense_weight, rrf_k, depth, depth_factor) change search without a rebuild; the dense
+        index's search settings (nprobe, ef_search, refine, ...) are passed on to it."""
         from nanochat.retrieval.registry import get_retriever_class
         path = Path(kb.path) / cls.name / "settings.json"
         if not path.is_file():
             raise FileNotFoundError(f"hybrid settings not found: {path}; build the KB with --type hybrid")
+        dense_cls = get_retriever_class("dense")
+        dense_overrides = {k: overrides.pop(k) for k in list(overrides) if k in dense_cls.SEARCH_SETTINGS}
         s = cls._check({**json.loads(path.read_text()), **overrides})
-        dense = get_retriever_class("dense").load(kb)
+        dense = dense_cls.load(kb, **dense_overrides)
         sparse = get_retriever_class("bm25").load(kb)
         return cls(dense, sparse, s)
 

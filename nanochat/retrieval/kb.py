@@ -252,10 +252,15 @@ def _model_key(model) -> str:
     return str(model)
 
 
-def _compute_embeddings(chunks, model: str, precision: str, show_progress: bool):
+def _compute_embeddings(chunks, model: str, precision: str, show_progress: bool, embedding_cache=None):
     try:
         from nanochat.retrieval.embeddings import embedder_info, encode_texts
-        emb = encode_texts(passage_texts(chunks), model_name=model, precision=precision, show_progress=show_progress)
+        if embedding_cache:  # only texts the cache lacks are encoded (nanochat.retrieval.embed_cache)
+            from nanochat.retrieval.embed_cache import cached_encode
+            emb, _ = cached_encode(passage_texts(chunks), model, embedding_cache, precision=precision,
+                                   show_progress=show_progress)
+        else:
+            emb = encode_texts(passage_texts(chunks), model_name=model, precision=precision, show_progress=show_progress)
         info = embedder_info(model, precision)
     except ImportError as e:
         if (getattr(e, "name", "") or "").split(".")[0] in ("sentence_transformers", "faiss", "transformers"):
@@ -291,7 +296,7 @@ def _check_embeddings(emb: np.ndarray, n: int, where: str) -> np.ndarray:
 def _build(chunks, output_dir, retriever_types, chunker: dict | None, n_documents: int, embeddings=None,
            embedding_info=None, model: str = DEFAULT_MODEL, precision: str = "auto",
            retriever_settings: dict | None = None, documents_sha256: str | None = None, inputs: dict | None = None,
-           show_progress: bool = True) -> KnowledgeBase:
+           show_progress: bool = True, embedding_cache=None, bm25_tokens=None) -> KnowledgeBase:
     from nanochat.data.chunking import chunks_to_frame
     import pandas as pd
     out = Path(output_dir)
@@ -350,7 +355,7 @@ def _build(chunks, output_dir, retriever_types, chunker: dict | None, n_document
             emb = _check_embeddings(np.load(out / EMBEDDINGS, mmap_mode="r", allow_pickle=False), len(chunks),
                                     str(out / EMBEDDINGS))
         else:
-            computed, emb_info = _compute_embeddings(chunks, model, precision, show_progress)
+            computed, emb_info = _compute_embeddings(chunks, model, precision, show_progress, embedding_cache)
             save_npy(out / EMBEDDINGS, _check_embeddings(computed, len(chunks), f"encode_texts({model!r})"))
             del computed
             emb = np.load(out / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
@@ -363,7 +368,8 @@ def _build(chunks, output_dir, retriever_types, chunker: dict | None, n_document
     retrievers = dict(kept)
     for t in types:
         cls = get_retriever_class(t)
-        used = cls.build(out, chunks, dict(settings.get(t, {})), emb)
+        extra = {"tokens": [str(x) for x in bm25_tokens]} if t == "bm25" and bm25_tokens else {}
+        used = cls.build(out, chunks, dict(settings.get(t, {})), emb, **extra)
         retrievers[t] = {"settings": used or {}}
     retrievers = {t: retrievers[t] for t in in_build_order(retrievers)}
 
@@ -392,8 +398,11 @@ def build_knowledge_base(documents, output_dir, retriever_types=("simple",), mod
                          chunk_tokens: int = 256, chunk_overlap: int = 32, validation: str = "strict",
                          precision: str = "auto", bm25_settings: dict | None = None,
                          retriever_settings: dict | None = None, rejected_path=None,
-                         show_progress: bool = True) -> KnowledgeBase:
-    """documents (JSONL path, folder of .md/.txt, or list of dicts) -> validated, chunked, indexed KB."""
+                         show_progress: bool = True, embedding_cache=None) -> KnowledgeBase:
+    """documents (JSONL path, folder of .md/.txt, or list of dicts) -> validated, chunked, indexed KB.
+
+    embedding_cache: a directory (nanochat.retrieval.embed_cache) shared by KB versions: only chunks whose text
+    it lacks are encoded, with the same vectors as a full encode."""
     from nanochat.data.chunking import chunk_documents, chunker_settings
     from nanochat.data.documents import content_hash, load_documents
     docs = load_documents(documents, mode=validation, rejected_path=rejected_path)
@@ -405,20 +414,23 @@ def build_knowledge_base(documents, output_dir, retriever_types=("simple",), mod
     inputs = {"documents": documents} if isinstance(documents, (str, os.PathLike)) else None
     return _build(rows, output_dir, retriever_types, chunker_settings(chunk_tokens, chunk_overlap), len(docs),
                   model=model, precision=precision, retriever_settings=settings, documents_sha256=docs_hash,
-                  inputs=inputs, show_progress=show_progress)
+                  inputs=inputs, show_progress=show_progress, embedding_cache=embedding_cache)
 
 
 def build_knowledge_base_from_chunks(chunks_path, output_dir, retriever_types=("simple",), embeddings_path=None,
                                      embedder_info: dict | str | None = None, model: str = DEFAULT_MODEL,
                                      precision: str = "auto", bm25_settings: dict | None = None,
                                      retriever_settings: dict | None = None, chunker: dict | None = None,
-                                     show_progress: bool = True) -> KnowledgeBase:
+                                     show_progress: bool = True, embedding_cache=None, bm25_tokens=None) -> KnowledgeBase:
     """The Snakemake path: chunks.parquet (+ embeddings.npy from the embed stage) -> KB.
 
     embedder_info: dict or path to a JSON file describing the embeddings (model, precision, ...);
     default: the sidecar `<embeddings stem>.json` when present.
     chunker: the chunker settings for kb_id; default: those stored in chunks.parquet by
     `python -m nanochat.data.chunking` (then those of the KB the file came from; else unknown, None).
+    embedding_cache: see build_knowledge_base (used when embeddings_path is None and an index needs vectors).
+    bm25_tokens: the per-shard token files of `python -m nanochat.retrieval.shards bm25-tokens`, in chunk
+    order: the BM25 index is built from them instead of tokenizing again (same files as without them).
     """
     from nanochat.data.chunking import read_chunks
     chunks = read_chunks(chunks_path)
@@ -438,4 +450,4 @@ def build_knowledge_base_from_chunks(chunks_path, output_dir, retriever_types=("
     inputs = {"chunks": chunks_path, "embeddings": embeddings_path, "embedder_info": info_path}
     return _build(chunks, output_dir, retriever_types, chunker, n_docs, embeddings=embeddings_path,
                   embedding_info=embedder_info, model=model, precision=precision, retriever_settings=settings,
-                  inputs=inputs, show_progress=show_progress)
+                  inputs=inputs, show_progress=show_progress, embedding_cache=embedding_cache, bm25_tokens=bm25_tokens)

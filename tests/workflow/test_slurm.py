@@ -41,7 +41,9 @@ def test_profile_is_valid_yaml_with_required_settings():
     prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert prof["executor"] == "slurm" and prof["slurm-status-command"] == "squeue"
     assert prof["default-resources"]["slurm_account"] and prof["default-resources"]["slurm_partition"]
-    assert all(prof["set-resources"][r]["gpu"] >= 1 for r in ("base_train", "rag_finetune", "refrag_finetune"))
+    assert prof["set-resources"]["base_train"]["gpu"] >= 1
+    # fine-tunes take gpu/nodes from their run (rules/train.smk); a profile value would override every run's
+    assert not {"gpu", "nodes"} & (set(prof["set-resources"]["rag_finetune"]) | set(prof["set-resources"]["refrag_finetune"]))
 
 
 def test_fine_tunes_get_a_checkpoint_signal_before_the_time_limit_and_are_requeued():
@@ -68,3 +70,28 @@ def test_tiny_dag_part_runs_through_slurm(slurm, tmp_path):
     assert (work / target).is_file() and (work / "results/synthetic/manifest.json").is_file()
     logs = list((work / "logs/slurm").rglob("*.log"))
     assert logs, "no SLURM job logs under logs/slurm"
+
+
+@pytest.mark.slow
+def test_multi_node_fine_tune_runs_srun_and_torchrun_rendezvous_with_two_processes(slurm, tmp_path):
+    """A run with train.nodes: 2 on the single-node CI cluster: its SLURM job (sbatch --ntasks=2, MPI-style) starts
+    `srun --ntasks=2` of the launcher, each task a torchrun agent meeting the other through c10d rendezvous;
+    2 training processes in all. The cluster has one node, so the test squeezes both agents onto it
+    (--set-resources rag_finetune:nodes=1); the commands are the ones a 2-node allocation runs."""
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((ROOT / TINY).read_text())
+    config["runs"]["tiny_rag"]["train"].update(gpus=1, nodes=2, max_steps=2)
+    (work / "multi.yaml").write_text(yaml.safe_dump(config))
+    cfg = ["--configfile", "multi.yaml", "--replace-workflow-config"]
+    snakemake(work, "--cores", "2", *cfg, "results/runs/tiny_rag/dataset/manifest.json",
+              "results/models/tiny/nano/base_model.json", timeout=600)  # upstream of the fine-tune: locally
+    done = "results/checkpoints/rag_checkpoints/tiny_rag/done.json"
+    proc = snakemake(work, "--profile", "profiles/slurm", *cfg, "--set-resources", "rag_finetune:nodes=1",
+                     "rag_finetune:cpus_per_task=1", "rag_finetune:mem_mb=2000", "--", done, timeout=600)
+    assert proc.stdout.count("has been submitted with SLURM jobid") == 1, proc.stdout[-3000:]
+    assert (work / done).is_file()
+    log = (work / "logs/rag_finetune/tiny_rag.log").read_text()
+    assert "launch: srun --ntasks=2 --kill-on-bad-exit=1 python -m nanochat.pipeline.launch torchrun --gpus 1 --nodes 2" in log
+    agents = [line for line in log.splitlines() if "launch: torchrun --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d" in line]
+    assert len(agents) == 2, log[-3000:]
+    assert "batch 4x1x2" in log  # world size 2: the two agents met
