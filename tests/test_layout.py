@@ -130,3 +130,18 @@ def test_sources_registry_converts_a_beir_folder(tmp_path):
     assert manifest["documents"] == 2
     rows = load_queries(tmp_path / "out" / "queries_val.jsonl")  # dev -> val; relevance 0 is not gold
     assert [(r["id"], r["doc_ids"]) for r in rows] == [("q1", ["d1"])]
+
+
+MAX_MODULE_LINES = 500  # DEVGUIDE: small modules, one job each; split a module that outgrows this
+
+
+def test_no_library_module_exceeds_500_lines():
+    from pathlib import Path
+
+    import nanochat
+    root = Path(nanochat.__file__).parent
+    sizes = {p.relative_to(root.parent).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
+             for p in sorted(root.rglob("*.py"))}
+    assert len(sizes) > 50 and "nanochat/mamba/__init__.py" in sizes  # the walk really saw the package tree
+    too_long = {path: n for path, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split them by job): {too_long}"

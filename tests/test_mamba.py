@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from nanochat import mamba as M
+from nanochat.mamba import dispatch
 from nanochat.mamba import InferenceParams, Mamba, Mamba2, create_mamba_mixer, linear_scan, set_mamba_impl
 
 FIXTURE = Path(__file__).parent / "data" / "mamba_ssm_state_dict_shapes.json"
@@ -209,10 +210,10 @@ def test_missing_fast_path_on_cuda_warns_once(monkeypatch, caplog):
     """Simulated: a CUDA device asked for, mamba-ssm import fails -> one logging warning, our module is used."""
     def no_mamba_ssm(version):
         raise ImportError("No module named 'mamba_ssm'")
-    monkeypatch.setattr(M, "_load_mamba_ssm", no_mamba_ssm)
-    monkeypatch.setattr(M, "_WARNED", False)
+    monkeypatch.setattr(dispatch, "_load_mamba_ssm", no_mamba_ssm)  # the factory's own module, not the re-export
+    monkeypatch.setattr(dispatch, "_WARNED", False)
     built = []
-    monkeypatch.setattr(M, "Mamba2", lambda *a, **kw: built.append(kw) or "ours")
+    monkeypatch.setattr(dispatch, "Mamba2", lambda *a, **kw: built.append(kw) or "ours")
     with caplog.at_level(logging.WARNING, logger="nanochat.mamba"):
         assert create_mamba_mixer(16, 2, layer_idx=0, device="cuda") == "ours"
         create_mamba_mixer(16, 2, layer_idx=1, device="cuda")
