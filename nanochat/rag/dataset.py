@@ -169,3 +169,7 @@ def main(argv=None) -> int:
     for split, s in m["splits"].items():
         print0(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
