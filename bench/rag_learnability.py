@@ -1,6 +1,6 @@
 """Can a model learn to answer from its documents? A fast probe of a RAFT dataset, without generation.
 
-Trains a fresh GPT on the shards from `python -m nanochat.rag.raft` (loss on answer tokens, as rag_finetune) and
+Trains a fresh GPT on the shards from `python -m nanochat.rag.dataset` (loss on answer tokens, as rag_finetune) and
 every --eval_every steps reports, on validation examples with teacher forcing:
   - answer: share of examples whose final-answer tokens (after `Answer:` if quoted, before the citations) are
     all predicted right;
@@ -130,7 +130,7 @@ def induction_probe(args) -> list[dict]:
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None, help="RAFT dataset directory (python -m nanochat.rag.raft --output)")
+    p.add_argument("--data", default=None, help="RAFT dataset directory (python -m nanochat.rag.dataset --output)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory the dataset was built with")
     p.add_bool("--induction", False, "run the random-token copy check instead")
     p.add_argument("--pattern", default="T,T,M,M", help="block pattern")
