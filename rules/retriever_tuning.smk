@@ -8,7 +8,7 @@ results/kb/<kb>/questions/queries_{train,val}.jsonl (generated questions), resul
 KB the hard negatives are mined from)
 """
 
-reads_config("knowledge_bases")
+reads_config("knowledge_bases", "embedding_cache")
 
 
 rule generate_retriever_questions:
@@ -50,6 +50,7 @@ rule embed_chunks_stock:
     params:
         model=kb_setting("embedding_model"),
         batch_size=kb_setting("embedding_batch_size"),
+        cache=config["embedding_cache"],
     log:
         "logs/embed_chunks_stock/{kb}.log",
     benchmark:

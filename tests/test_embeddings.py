@@ -77,7 +77,7 @@ def test_int8_agrees_with_fp32_and_changes_identity():
     assert q.dtype == np.float32 and q.shape == ref.shape
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
     cos = np.sum(ref * q, axis=1)
-    assert cos[:4].min() >= 0.99 and cos.max() < 0.99999  # close to fp32, yet really quantized
+    assert cos[:4].min() >= 0.985 and cos.max() < 0.99999  # close to fp32 (measured 0.990-0.995), yet really quantized
     assert cos[4] >= 0.97  # "Hi": 3 tokens, the coarsest per-tensor activation scale (measured 0.980)
     assert E.load_model(precision="int8") is not E.load_model()  # the fp32 model stays unquantized
     info = E.embedder_info(precision="int8", device="cpu")

@@ -56,7 +56,10 @@ def test_whole_dag_twice_from_scratch_is_byte_identical_but_for_wall_clock_field
     assert not result["unexpected"], result["unexpected"]
     stages = result["stages"]
     for stage in ("knowledge bases", "precomputed retrieval", "dataset shards", "tokenizer"):
-        assert stages[stage]["files"] > 0 and stages[stage]["identical"] == stages[stage]["files"], (stage, stages[stage])
+        s = stages[stage]  # the retrieval tables' sidecars differ only in their documented timing fields
+        assert s["files"] > 0 and s["identical"] + s["expected"] == s["files"] and s["unexpected"] == 0, (stage, s)
+    differing = [r["path"] for r in result["files"]]
+    assert not [p for p in differing if p.endswith((".parquet", ".npy", ".npz"))], differing  # tables, vectors, shards
     checkpoints = [r for r in result["files"] if r["path"].endswith(".pt")]
     assert not checkpoints, checkpoints  # model, optimizer and train-state files are byte-identical
     assert any(p.suffix == ".pt" for p in (a / "results/checkpoints").rglob("*.pt"))

@@ -135,8 +135,14 @@ def test_sharded_dag_gives_the_same_kb_and_retrieval(tmp_path):
         m3 = json.loads((three / f"results/kb/tiny/{kb_type}/manifest.json").read_text())
         assert m1["kb_id"] == m3["kb_id"]
         assert m1["files"] == m3["files"]  # every KB file byte-identical (sha256 and size)
+    import numpy as np
+    import pandas as pd
     for run in ("tiny_rag", "tiny_refrag"):
         t = f"results/runs/{run}/retrieval.parquet"
-        assert (one / t).read_bytes() == (three / t).read_bytes(), run
-        meta = [json.loads((w / f"{t}.meta.json").read_text()) for w in (one, three)]
+        a, b = pd.read_parquet(one / t), pd.read_parquet(three / t)
+        # the same hits in the same order; scores to float rounding (FAISS sums a block of queries in another order)
+        pd.testing.assert_frame_equal(a.drop(columns="score"), b.drop(columns="score"))
+        np.testing.assert_allclose(a["score"], b["score"], rtol=1e-5, atol=1e-6)
+        meta = [{k: v for k, v in json.loads((w / f"{t}.meta.json").read_text()).items()
+                 if k not in ("seconds", "queries_per_second")} for w in (one, three)]  # wall clock aside
         assert meta[0] == meta[1]

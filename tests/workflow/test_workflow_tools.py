@@ -82,7 +82,7 @@ def test_torchrun_prefix():
 
 
 def test_finetune_args_and_hops():
-    config = {"base_dir": "ck", "device": "cpu", "runs": {"r": {
+    config = {"base_dir": "ck", "device": "cpu", "models": {"tiny": {"n_layer": 4}}, "runs": {"r": {
         "knowledge_base": "kb", "model": "tiny", "mode": "refrag", "retriever_type": "bm25", "top_k": 2,
         "max_hops": 3, "use_rewards": False,
         "train": {"num_epochs": 1, "max_steps": 5, "device_batch_size": 2, "max_seq_len": 64,
@@ -98,8 +98,9 @@ def test_finetune_args_and_hops():
     assert "--hop_strategy titles --max_new_tokens 40" in wf_config.finetune_args(config, "r")
     assert wf_config.hop_args(config["runs"]["r"]).endswith("--strategy titles")
     assert wf_config.hop_args({"mode": "rag"}) == "--max_hops 1"
-    assert wf_config.dataset_args(config["runs"]["r"]) == "--mode refrag --max_hops 3 --hop_strategy titles"
-    assert wf_config.dataset_args({"mode": "rag"}) == "--mode rag"
+    assert wf_config.dataset_args(config["runs"]["r"]) == ("--mode refrag --max_hops 3 --hop_strategy titles "
+                                                           "--negatives no_gold --p_first_hop 0.0")
+    assert wf_config.dataset_args({"mode": "rag"}) == "--mode rag --negatives no_gold --cite after"
     assert wf_config.finetune_done_path(config, "r") == "ck/refrag_checkpoints/r/done.json"
 
 
