@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
+import numpy as np
 import torch
 
 from nanochat.cli import ArgumentParser
@@ -80,7 +81,7 @@ def main(argv=None):
     from scripts.tok_train import extra_texts, kb_texts
 
     # -----------------------------------------------------------------------------
-    # Teacher and student
+    # Teacher
     base_dir = get_base_dir(args.base_dir)
     teacher, tokenizer, tmeta = load_model(args.source, device, phase="eval", model_tag=args.model_tag,
                                            step=args.step, base_dir=base_dir)
@@ -89,12 +90,6 @@ def main(argv=None):
     out_tag = args.output_tag or f"hybrid-{teacher_tag}"
     out_base = get_base_dir(args.output_base_dir) if args.output_base_dir else base_dir
     ckpt_dir = out_base / f"{kind}_checkpoints" / out_tag
-    student, replaced = build_student(teacher, args.block_pattern, init=args.init, seed=args.seed)
-    trainable_parameters(student, replaced, args.train)
-    n_train = sum(p.numel() for p in student.parameters() if p.requires_grad)
-    print0(f"hybridize: {args.source}/{teacher_tag} {','.join(teacher.config.block_pattern)} -> "
-           f"{','.join(student.config.block_pattern)} (layers {replaced} from {args.init} init; training "
-           f"{args.train}: {n_train / 1e6:.2f}M params) -> {ckpt_dir}; {n_threads} CPU threads")
 
     # -----------------------------------------------------------------------------
     # Data: the KB's chunks (+ extra text) packed into rows, like base_train
@@ -106,6 +101,17 @@ def main(argv=None):
     val_rows, train_rows = rows[:args.val_rows], rows[args.val_rows:]
     print0(f"data: {len(texts)} texts -> {sum(len(s) for s in streams):,} tokens -> {len(train_rows)} train / "
            f"{len(val_rows)} val rows of {seq_len}")
+
+    # -----------------------------------------------------------------------------
+    # Student: the attention init calibrates its gates on a few training rows (the same on every rank)
+    calibration = torch.tensor(np.stack([ids[:-1] for ids, _ in train_rows[:16]]), dtype=torch.long)
+    student, replaced = build_student(teacher, args.block_pattern, init=args.init, seed=args.seed,
+                                      calibration=calibration)
+    trainable_parameters(student, replaced, args.train)
+    n_train = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    print0(f"hybridize: {args.source}/{teacher_tag} {','.join(teacher.config.block_pattern)} -> "
+           f"{','.join(student.config.block_pattern)} (layers {replaced} from {args.init} init; training "
+           f"{args.train}: {n_train / 1e6:.2f}M params) -> {ckpt_dir}; {n_threads} CPU threads")
 
     # -----------------------------------------------------------------------------
     # Optimizer, resume

@@ -84,6 +84,36 @@ def test_attention_weights_land_where_mamba_in_the_llama_puts_them():
     assert torch.equal(noisy.transformer.h[1].mixer.in_proj.weight, rand.transformer.h[1].mixer.in_proj.weight)
 
 
+def test_calibrated_attention_init_starts_as_a_linear_attention():
+    """D = 0, one dt and decay per head, and a gate that the gated RMSNorm divides out (one positive silu(z) per
+    token across the channels), measured on the inputs the replaced attention layer sees."""
+    import math
+    from nanochat.hybridize import DECAY, DT, GATE, layer_inputs
+    teacher = tiny_teacher(64, n_kv_head=2)
+    with torch.no_grad():  # a trained residual stream has a common direction (the 2000-entity teacher: every input >= 1.6 along it)
+        teacher.transformer.wte.weight += 4.0 * torch.nn.functional.normalize(torch.ones(32), dim=0)
+    tokens = torch.randint(0, 64, (4, 40), generator=torch.Generator().manual_seed(0))
+    student, replaced = build_student(teacher, "T,M,T,M", calibration=tokens)
+    mixer = student.transformer.h[1].mixer
+    assert mixer.D.abs().sum() == 0
+    z, x, B, C, dt = torch.split(mixer.in_proj.weight, [32, 32, 32, 32, 2])
+    assert dt.abs().sum() == 0
+    assert torch.allclose(torch.nn.functional.softplus(mixer.dt_bias), torch.full((2,), DT))
+    assert torch.allclose(torch.exp(-DT * torch.exp(mixer.A_log)), torch.full((2,), DECAY))
+    assert torch.equal(z, z[:1].expand_as(z))  # every gate channel reads the same direction
+    h = layer_inputs(teacher, [1], tokens)[1]
+    pre = h @ z[0]
+    assert abs(pre.mean().item() - GATE) < 1e-4 and (pre > 0).float().mean() > 0.95  # silu's near-linear side
+    # the norm that follows divides the gate out: gated and ungated outputs agree where the gate is positive
+    y = torch.randn(h.size(0), 32)
+    on = pre > 0.5
+    assert torch.allclose(mixer.norm(y, h @ z.T)[on], mixer.norm(y)[on], atol=1e-3)
+    # without calibration rows the gate keeps Mamba's random init (rows differ)
+    plain, _ = build_student(teacher, "T,M,T,M")
+    zp = plain.transformer.h[1].mixer.in_proj.weight[:32]
+    assert not torch.equal(zp, zp[:1].expand_as(zp)) and math.isclose(plain.transformer.h[1].mixer.D.abs().sum().item(), 0)
+
+
 def test_patterns_that_do_not_replace_attention_are_refused():
     cfg = GPTConfig(sequence_len=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32)
     with pytest.raises(ValueError, match="replaces no attention layer"):
