@@ -55,7 +55,7 @@ def distil(work: Path, init: str, args, steps: int) -> tuple[list, list, float]:
     shutil.rmtree(work / "base" / "base_checkpoints" / tag, ignore_errors=True)
     t0 = time.time()
     ckpt = hybridize.main(["--source", "base", "--model_tag", "teacher", "--block_pattern", args.block_pattern,
-                           "--init", init, "--train", args.train, "--knowledge_base", str(work / "kb"),
+                           "--init", init, "--train", args.train, "--hidden_weight", str(args.hidden_weight), "--knowledge_base", str(work / "kb"),
                            "--steps", str(steps), "--eval_every", str(args.eval_every), "--lr", str(args.lr),
                            "--max_seq_len", str(args.seq_len), "--device_batch_size", str(args.batch),
                            "--val_rows", str(args.val_rows), "--output_tag", tag, "--device", "cpu",
@@ -101,6 +101,8 @@ def main(argv=None):
     p.add_argument("--inits", default="attention,random,random_out",
                    help="students to distil (comma list of scripts.hybridize --init; attention first)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (every student)")
+    p.add_argument("--hidden_weight", type=float, default=1.0,
+                   help="hidden-state matching weight (scripts.hybridize --hidden_weight), the same for every student")
     p.add_bool("--half_run", True, "also distil the attention student for half the steps (its own schedule)")
     p.add_argument("--seq_len", type=int, default=256, help="tokens per row")
     p.add_argument("--batch", type=int, default=8, help="rows per step")
@@ -127,12 +129,13 @@ def main(argv=None):
 
     print(f"\nTeacher: T,T,T,T depth 4 width 128, {args.teacher_steps} base_train steps, val loss "
           f"{teacher.get('val_loss', float('nan')):.3f}. Students {args.block_pattern}, {args.steps} steps, lr {args.lr}, "
-          f"train {args.train}.")
-    print("\n" + f"{'step':>6}" + "".join(f"{'KL ' + label:>22}" for label in curves))
+          f"train {args.train}, hidden_weight {args.hidden_weight}.")
+    widths = [max(22, len(label) + 5) for label in curves]
+    print("\n" + f"{'step':>6}" + "".join(f"{'KL ' + label:>{w}}" for label, w in zip(curves, widths)))
     for row, s in enumerate(sa):
         if s % max(args.eval_every, args.steps // 10) == 0 or s == sa[-1]:
-            print(f"{s:>6}" + "".join(f"{kls[row]:>22.4f}" if row < len(kls) else f"{'':>22}"
-                                      for _, kls in curves.values()))
+            print(f"{s:>6}" + "".join(f"{kls[row]:>{w}.4f}" if row < len(kls) else f"{'':>{w}}"
+                                      for (_, kls), w in zip(curves.values(), widths)))
     print(f"\n{'':<58}{'measured':>10}{'target':>10}")
     ok_run, ok_curve = args.half_run, True
     half_final = curves.get(f"attention init, {half}-step run", ([], [float("nan")]))[1][-1]
