@@ -209,3 +209,23 @@ def test_examples_without_the_answer_document_carry_the_abstain_target(world, ne
     assert (kept_bridge > 0) == (negatives == "answer_doc")  # a bridge without its answer document: abstain
     answered = [e for e in ex if e["with_gold"]]
     assert all(re.search(r"\[\d\]", e["conversation"]["messages"][-1]["content"]) for e in answered)
+
+
+def test_multihop_questions_get_their_own_share_of_examples_with_the_answer(world):
+    """p_gold_multihop: two-hop questions of a single-hop run mostly show their bridge without the answer's
+    document and abstain; one-hop questions keep p_gold, with the same draws as without the option."""
+    from nanochat.data.queries import load_queries
+    from nanochat.rag.raft import build_examples
+    d, kb, table, files = world
+    queries = load_queries(files["train"])
+    hops = {q["id"]: len(q["doc_ids"]) for q in queries}
+    plain, _ = build_examples(queries, table, kb.chunks, "train", top_k=2, p_gold=0.9, seed=0, negatives="answer_doc")
+    mixed, stats = build_examples(queries, table, kb.chunks, "train", top_k=2, p_gold=0.9, seed=0,
+                                  negatives="answer_doc", p_gold_multihop=0.0)
+    two = [e for e in mixed if hops[e["query_id"]] > 1]
+    assert len(two) > 20 and not any(e["with_gold"] for e in two)
+    one = lambda ex: [(e["query_id"], e["with_gold"], e["conversation"]) for e in ex if hops[e["query_id"]] == 1]
+    assert one(mixed) == one(plain)
+    assert stats["abstain"] == sum(not e["with_gold"] for e in mixed)
+    with pytest.raises(ValueError, match="p_gold_multihop"):
+        build_examples(queries, table, kb.chunks, "train", p_gold_multihop=1.5)

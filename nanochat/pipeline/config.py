@@ -163,13 +163,14 @@ def finetune_done_path(config: dict, run: str) -> str:
 
 def dataset_args(run: dict) -> str:
     """nanochat.rag.dataset flags of a run's mode (multi_hop shards, documents per hop, for refrag) and of its
-    abstention and citation recipe (train.negatives, train.cite, train.p_first_hop)."""
+    abstention and citation recipe (train.negatives, train.cite, train.p_first_hop, train.p_gold_multihop)."""
     t = run.get("train", {})
     recipe = f"--negatives {t.get('negatives', 'no_gold')}"
     if run.get("mode", "rag") == "refrag":
         return (f"--mode refrag --max_hops {run['max_hops']} --hop_strategy {run.get('hop_strategy', 'entities')} "
                 f"{recipe} --p_first_hop {t.get('p_first_hop', 0.0)}")
-    return f"--mode rag {recipe} --cite {t.get('cite', 'after')}"
+    multihop = f" --p_gold_multihop {t['p_gold_multihop']}" if t.get("p_gold_multihop") is not None else ""
+    return f"--mode rag {recipe} --cite {t.get('cite', 'after')}{multihop}"
 
 def hop_args(run: dict) -> str:
     """Precompute flags: multi-hop (top_k per hop) for refrag, one hop for rag."""

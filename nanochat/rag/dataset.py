@@ -35,7 +35,7 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
                   seed: int = 0, base_tasks: str | None = None, base_mix: float = 0.0,
                   examples_per_shard: int = 4096, provenance: dict | None = None, turns: int = 1,
                   p_counterfactual: float = 0.0, answer_style: str = "short", turn_scope: str = "entity",
-                  negatives: str = "no_gold", cite: str = "after") -> dict:
+                  negatives: str = "no_gold", cite: str = "after", p_gold_multihop: float | None = None) -> dict:
     """Build, tokenize and shard every split in query_files; write manifest.json last; return it.
 
     turns applies to the train split only: validation stays one question per conversation, the evaluation format.
@@ -49,7 +49,7 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
         examples, stats = build_examples(load_queries(path), table, store, split, top_k, p_gold, max_doc_length, seed,
                                          turns if split == "train" else 1,
                                          p_counterfactual if split == "train" else 0.0, answer_style, turn_scope,
-                                         negatives, cite)
+                                         negatives, cite, p_gold_multihop)
         encoded, too_long = [], 0
         for ex in tqdm(examples, desc=f"tokenize {split}", unit="ex"):
             enc = encode_example(tokenizer, ex["conversation"], ex["cited"], max_seq_len, max_doc_length)
@@ -74,6 +74,8 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
                 "max_seq_len": max_seq_len, "max_doc_length": max_doc_length, "turns": turns,
                 "p_counterfactual": p_counterfactual, "negatives": negatives, "cite": cite, "max_doc_length_unit": "words",
                 "abstain_answer": ABSTAIN_ANSWER, "system_prompt": SYSTEM_PROMPT, **(provenance or {})}
+    if p_gold_multihop is not None:
+        manifest["p_gold_multihop"] = p_gold_multihop
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -137,6 +139,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--negatives", default="no_gold", choices=list(NEGATIVES),
                    help="examples without the answer: no_gold removes every gold document, answer_doc only the one "
                         "holding the answer (a two-hop question keeps its bridge document and abstains)")
+    p.add_argument("--p_gold_multihop", type=float, default=None,
+                   help="rag mode: p_gold of questions with several gold documents (default: --p_gold)")
     p.add_argument("--cite", default="after", choices=list(CITE_STYLES),
                    help="rag: citations after the answer (' Paris [2]') or before it (' [2] Paris')")
     p.add_argument("--p_first_hop", type=float, default=0.0,
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
     m = build_dataset(kb.chunks, table, files, Tokenizer.from_directory(args.tokenizer), args.output, args.top_k,
                       args.p_gold, args.max_seq_len, max_doc_length, args.seed, args.base_tasks, args.base_mix,
                       args.examples_per_shard, provenance, args.turns, args.p_counterfactual, args.answer_style,
-                      args.turn_scope, args.negatives, args.cite)
+                      args.turn_scope, args.negatives, args.cite, args.p_gold_multihop)
     for split, s in m["splits"].items():
         print0(f"{split}: {s['n_examples']} examples, {s['n_tokens']} tokens, p_gold actual {s['p_gold_actual']}")
     return 0

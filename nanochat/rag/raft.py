@@ -176,8 +176,13 @@ def counterfactual(conv: dict, pool: dict, rng: random.Random) -> dict:
 def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFrame, split: str, top_k: int = 5,
                    p_gold: float = 0.8, max_doc_length: int | None = 300, seed: int = 0,
                    turns: int = 1, p_counterfactual: float = 0.0, answer_style: str = "short",
-                   turn_scope: str = "entity", negatives: str = "no_gold", cite: str = "after") -> tuple[list, dict]:
+                   turn_scope: str = "entity", negatives: str = "no_gold", cite: str = "after",
+                   p_gold_multihop: float | None = None) -> tuple[list, dict]:
     """RAFT conversations for one split -> (examples, stats). Seeded per query (stable under edits).
+
+    p_gold_multihop: p_gold of questions with more than one gold document (None = p_gold). A single-hop run shows
+    such a question its bridge document without the one holding the answer at test time; a low value (with
+    negatives="answer_doc") trains that view, and its abstention, on most of them instead of a tenth.
 
     turns > 1: each conversation also asks up to turns-1 other questions of the same split -- multi-turn RAFT --
     answered from (or abstaining on) the same retrieved documents. turn_scope "entity": questions about the same
@@ -186,6 +191,8 @@ def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFram
     """
     if not 0.0 <= p_gold <= 1.0:
         raise ValueError(f"p_gold={p_gold}: must be within [0, 1]")
+    if p_gold_multihop is not None and not 0.0 <= p_gold_multihop <= 1.0:
+        raise ValueError(f"p_gold_multihop={p_gold_multihop}: must be within [0, 1]")
     store = chunks if isinstance(chunks, ChunkStore) else ChunkStore(chunks)
     by_q = hits_by_query(table, split)
     examples, stats = [], {"n_queries": len(queries), "with_gold": 0, "abstain": 0, "skipped": 0, "no_retrieval": 0,
@@ -206,7 +213,8 @@ def build_examples(queries: list[dict], table: pd.DataFrame, chunks: pd.DataFram
         hits = by_q.get(q["id"], [])
         if not hits:
             stats["no_retrieval"] += 1
-        with_gold = rng.random() < p_gold
+        multihop = p_gold_multihop is not None and len(q.get("doc_ids") or []) > 1
+        with_gold = rng.random() < (p_gold_multihop if multihop else p_gold)
         made = make_example(q, hits, store, top_k, with_gold, rng, max_doc_length, answer_style, negatives, cite)
         if made is None:
             stats["skipped"] += 1

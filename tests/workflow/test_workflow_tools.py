@@ -101,6 +101,9 @@ def test_finetune_args_and_hops():
     assert wf_config.dataset_args(config["runs"]["r"]) == ("--mode refrag --max_hops 3 --hop_strategy titles "
                                                            "--negatives no_gold --p_first_hop 0.0")
     assert wf_config.dataset_args({"mode": "rag"}) == "--mode rag --negatives no_gold --cite after"
+    assert wf_config.dataset_args({"mode": "rag", "train": {"negatives": "answer_doc", "p_gold_multihop": 0.2}}) == \
+        "--mode rag --negatives answer_doc --cite after --p_gold_multihop 0.2"
+    assert wf_config.dataset_args({"mode": "rag", "train": {"p_gold_multihop": None}}).endswith("--cite after")
     assert wf_config.finetune_done_path(config, "r") == "ck/refrag_checkpoints/r/done.json"
 
 
