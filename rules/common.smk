@@ -245,10 +245,13 @@ def hop_flags(wildcards):
 def torchrun_launcher(wildcards):
     """The run's launcher: train.gpus processes per node (1 CPU process where no GPU is visible), train.nodes nodes
     (srun + torchrun rendezvous under SLURM); decided on the node that runs it (nanochat/pipeline/launch.py)."""
-    if "run" not in wildcards.keys():  # a model job (hybridize): one node, one process per visible GPU
-        return wf_launch.torchrun_prefix(1, 1, config["device"])
     run = run_cfg(wildcards)
     return wf_launch.torchrun_prefix(wf_config.train_gpus(run), wf_config.train_nodes(run), config["device"])
+
+
+def model_launcher(wildcards):
+    """A model job's launcher (hybridize: no run, so no train.gpus): one node, one process per visible GPU."""
+    return wf_launch.torchrun_prefix(1, 1, config["device"])
 
 
 def train_resource(name):

@@ -125,7 +125,7 @@ rule hybridize:
     wildcard_constraints:
         size=models_matching(wf_config.is_hybridized),
     params:
-        launcher=torchrun_launcher,
+        launcher=model_launcher,
         kb_dir=subpath(input.kb, parent=True),
         checkpoint_dir=base_checkpoint_dir,
         base_dir=config["base_dir"],

@@ -74,7 +74,7 @@ def build_dataset(kb_chunks: pd.DataFrame, table: pd.DataFrame, query_files: dic
                 "max_seq_len": max_seq_len, "max_doc_length": max_doc_length, "turns": turns,
                 "p_counterfactual": p_counterfactual, "negatives": negatives, "cite": cite, "max_doc_length_unit": "words",
                 "abstain_answer": ABSTAIN_ANSWER, "system_prompt": SYSTEM_PROMPT, **(provenance or {})}
-    if p_gold_multihop is not None:
+    if p_gold_multihop is not None:  # only when set: datasets built without it keep their manifest byte for byte
         manifest["p_gold_multihop"] = p_gold_multihop
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
