@@ -189,9 +189,26 @@ class Engine:
     def __init__(self, model, tokenizer):
         self.model = model
         self.tokenizer = tokenizer
+        self._banned = {}  # device -> ids an answer may not contain (see banned_tokens)
 
     def stop_tokens(self):
         return {self.tokenizer.encode_special("<|assistant_end|>"), self.tokenizer.get_bos_token_id()}
+
+    def banned_tokens(self):
+        """Special tokens an answer never contains: all but the stop tokens. A small model sometimes puts
+        <|assistant_start|> where the next digits belong ("19<|assistant_start|>"); greedy decoding would print
+        it and lose the answer, so decoding takes the best ordinary token instead. Tokenizers without special
+        tokens (bench stand-ins) ban nothing."""
+        names = getattr(self.tokenizer, "get_special_tokens", lambda: [])()
+        return sorted({self.tokenizer.encode_special(n) for n in names} - self.stop_tokens())
+
+    def _allowed(self, logits):
+        """logits (B, V) with the banned tokens at -inf (a new tensor: the input may be an expanded view)."""
+        device = logits.device
+        if device not in self._banned:
+            self._banned[device] = torch.tensor(self.banned_tokens(), dtype=torch.long, device=device)
+        banned = self._banned[device]
+        return logits if banned.numel() == 0 else logits.index_fill(-1, banned, float("-inf"))
 
     def _max_new_tokens(self, num_prompt, max_tokens):
         """Check the prompt fits and cap max_tokens so prompt + answer <= sequence_len."""
@@ -228,7 +245,7 @@ class Engine:
         # prefill once at batch 1, then replicate the cache for the samples
         cache = InferenceCache(batch_size=1, max_seqlen=len(tokens) + max_new)
         ids = torch.tensor([tokens], dtype=torch.long, device=device)  # (1, T)
-        logits = self.model.forward(ids, kv_cache=cache)[:, -1, :]     # (1, V)
+        logits = self._allowed(self.model.forward(ids, kv_cache=cache)[:, -1, :])  # (1, V)
         if num_samples > 1:
             cache = cache.replicate(num_samples)
             logits = logits.expand(num_samples, -1)                     # (N, V)
@@ -242,7 +259,7 @@ class Engine:
             yield column, [1] * num_samples
             if all(done) or step == max_new - 1:
                 break
-            logits = self.model.forward(next_ids, kv_cache=cache)[:, -1, :]  # (N, V)
+            logits = self._allowed(self.model.forward(next_ids, kv_cache=cache)[:, -1, :])  # (N, V)
 
     def generate_batch(self, tokens, num_samples=1, **kwargs):
         """Non-streaming generate: (results, masks); each result is prompt + generated ids, stop token excluded."""
@@ -410,7 +427,7 @@ class Engine:
             ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
         pads = torch.tensor([width - n for n in lengths], dtype=torch.long, device=device)
         cache = InferenceCache(len(prompts), width + max(budgets), pads=pads)
-        logits = self.model.forward(ids.to(device), kv_cache=cache, last_only=True)[:, -1, :]  # (B, V)
+        logits = self._allowed(self.model.forward(ids.to(device), kv_cache=cache, last_only=True)[:, -1, :])  # (B, V)
         owner = [k for k in range(len(prompts)) for _ in range(num_samples)]  # row -> prompt
         if num_samples > 1:
             rows = torch.tensor(owner, device=device)
@@ -444,7 +461,7 @@ class Engine:
                 sel = torch.tensor(keep, device=device)
                 cache, next_ids = cache.select(sel), next_ids[sel]
                 active = [active[a] for a in keep]
-            logits = self.model.forward(next_ids, kv_cache=cache)[:, -1, :]
+            logits = self._allowed(self.model.forward(next_ids, kv_cache=cache)[:, -1, :])
 
 
 class _GroupSampler:

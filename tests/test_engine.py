@@ -226,3 +226,43 @@ def test_real_tokenizer_trims_documents_to_fit():
     assert len(tok.render_for_completion(conv)) > 96
     text, info = Engine(model.eval(), tok).generate_from_conversation(conv, max_tokens=16)
     assert info["num_prompt_tokens"] <= 96 - 16 and len(info["tokens"]) <= 16
+
+
+class SpecialTokenLovingModel(ScriptedModel):
+    """Ranks <|assistant_start|> and <|user_start|> above the scripted answer at every step, as a small model
+    sometimes does mid-answer; assistant_end, once the script is done, is ranked above everything."""
+
+    def forward(self, idx, kv_cache=None, last_only=False):
+        logits = super().forward(idx, kv_cache)
+        scripted = logits[:, -1].argmax(-1)
+        logits[:, -1] = 0.0
+        logits[torch.arange(len(idx)), -1, scripted] = 50.0
+        for name in ("<|assistant_start|>", "<|user_start|>"):
+            logits[:, -1, TOK.encode_special(name)] = 100.0
+        logits[scripted == END, -1, END] = 200.0
+        return logits
+
+
+class SpecialsTokenizer(ByteTokenizer):
+    def get_special_tokens(self):
+        return list(SPECIALS)
+
+
+def test_answers_never_contain_special_tokens_other_than_stops():
+    """Decoding skips special tokens an answer cannot contain (greedy, sampled, one prompt or many) and still
+    stops on assistant_end."""
+    tok = SpecialsTokenizer()
+    prompt = tok.render_for_completion(CONVERSATION)
+    engine = Engine(SpecialTokenLovingModel(tok.encode("1939") + [END], len(prompt), tok.get_vocab_size(), 256),
+                    tok)
+    banned = set(engine.banned_tokens())
+    assert tok.encode_special("<|assistant_start|>") in banned and not banned & engine.stop_tokens()
+    text, info = engine.generate_from_conversation(CONVERSATION, max_tokens=20)
+    assert text == "1939" and info["stopped"] == "stop_token"
+    engine.model.prompt_len = len(prompt)
+    [(batched, _)] = engine.generate_batch_conversations([CONVERSATION], max_tokens=20)
+    assert batched == "1939"
+    sampled = [col[0] for col, _ in engine.generate(prompt, max_tokens=8, temperature=1.0, seed=3)]
+    assert not banned & set(sampled)
+    # a tokenizer without special tokens bans nothing
+    assert Engine(engine.model, TOK).banned_tokens() == []
