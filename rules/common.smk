@@ -14,13 +14,17 @@ from nanochat.pipeline import code_deps
 from nanochat.pipeline import config as wf_config
 from nanochat.pipeline import jobs as wf_jobs
 from nanochat.pipeline import launch as wf_launch
+from nanochat.pipeline import plan_cache
 from nanochat.retrieval.registry import NEEDS_EMBEDDINGS, RETRIEVERS
 
 wf_jobs.use_checkout(workflow.basedir)
 
 
+# What planning derives from the source alone (the filled schema, each rule's code), kept until the source changes.
+PLAN_CACHE = plan_cache.PlanCache(Path(".snakemake") / "plan_cache.json",
+                                  plan_cache.source_fingerprint(workflow.basedir, [wf_config.SCHEMA]))
 # the schema names registries (x-registry) for its lists of choices; validate against it with them filled in
-validate(config, schema=wf_config.write_schema(Path(".snakemake") / "config.schema.json"))
+validate(config, schema=wf_config.write_schema(Path(".snakemake") / "config.schema.json", cache=PLAN_CACHE))
 wf_config.check_config_references(config)
 
 RUNS = sorted(config["runs"])
@@ -49,7 +53,7 @@ def code_of(*entries):
     """Source files a job runs, tracked as inputs (Snakemake and DVC are otherwise blind to library edits): the
     import closure of the rule's entry points, its workflow/scripts wrapper or the `-m` modules of its shell
     command (nanochat/pipeline/code_deps.py). A module that does not exist is an error."""
-    return code_deps.code_of(workflow.basedir, *entries)
+    return code_deps.code_of(workflow.basedir, *entries, cache=PLAN_CACHE)
 
 
 STAGE_CONFIG = {}  # rule file stem -> the config sections its rules read, declared by reads_config()

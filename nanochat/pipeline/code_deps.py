@@ -211,15 +211,18 @@ def _closure(root: str, entries: tuple[str, ...]) -> tuple[Path, ...]:
     return tuple(_graph(root).closure(*entries))
 
 
-def code_of(root, *entries: str) -> list[str]:
+def code_of(root, *entries: str, cache=None) -> list[str]:
     """Source files (relative to the working directory when under it) that a rule's entries run.
 
     An entry is a dotted module run as `python -m` ("scripts.rag_finetune", "nanochat.pipeline"), or a .py
     file relative to root (a workflow wrapper script, whose call_main("module", ...) string is followed).
-    Cached per process: a DAG with many jobs parses each file once.
+    Cached per process: a DAG with many jobs parses each file once; and, given a plan_cache.PlanCache (keyed by
+    the source files' fingerprint), across processes: planning re-parses only after an edit.
     """
     if not entries:
         raise ValueError("code_of needs at least one entry module or script")
+    root = str(Path(root).resolve())
+    find = lambda: [str(p) for p in _closure(root, tuple(entries))]  # noqa: E731
+    files = map(Path, cache.get(f"code_of:{root}:{' '.join(entries)}", find) if cache is not None else find())
     cwd = Path.cwd().resolve()
-    return [str(p.relative_to(cwd)) if p.is_relative_to(cwd) else str(p)
-            for p in _closure(str(Path(root).resolve()), tuple(entries))]
+    return [str(p.relative_to(cwd)) if p.is_relative_to(cwd) else str(p) for p in files]

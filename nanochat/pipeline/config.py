@@ -238,11 +238,16 @@ def schema_with_registries(schema_path=SCHEMA) -> dict:
     return schema
 
 
-def write_schema(dest, schema_path=SCHEMA) -> str:
-    """schema_with_registries as a JSON file (what snakemake.utils.validate reads); returns its absolute path."""
+def write_schema(dest, schema_path=SCHEMA, cache=None) -> str:
+    """schema_with_registries as a JSON file (what snakemake.utils.validate reads); returns its absolute path.
+
+    cache: a plan_cache.PlanCache, so that planning imports the registries' modules (and torch) only after an
+    edit of the source."""
     from nanochat.common import atomic_write_text
     dest = Path(dest).resolve()
-    atomic_write_text(dest, json.dumps(schema_with_registries(schema_path), indent=1))
+    schema = (cache.get(f"schema:{Path(schema_path).resolve()}", lambda: schema_with_registries(schema_path))
+              if cache is not None else schema_with_registries(schema_path))
+    atomic_write_text(dest, json.dumps(schema, indent=1))
     return str(dest)
 
 

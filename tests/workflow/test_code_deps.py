@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from nanochat.pipeline import code_deps
+from nanochat.pipeline import config as wf_config
 from nanochat.pipeline.code_deps import CodeGraph, UnknownModuleError, code_of
+from nanochat.pipeline.plan_cache import PlanCache, source_fingerprint
 from wfhelpers import ROOT, TINY, copy_workflow, dry_run, snakemake
 
 
@@ -101,6 +104,40 @@ def test_repo_closures(monkeypatch):
     index = code_of(ROOT, "nanochat.retrieval")  # build_index's `python -m nanochat.retrieval`
     for name in ("simple", "bm25", "dense", "hybrid"):  # lazily imported through the registry's strings
         assert any(f.endswith(f"nanochat/retrieval/{name}.py") for f in index), name
+
+
+def test_plan_cache_keeps_derived_values_until_the_source_changes(tmp_path, monkeypatch):
+    """Planning reuses closures and the filled schema from disk, and derives them afresh after any source edit."""
+    root = write(tmp_path / "repo", TREE)
+    store = tmp_path / ".snakemake" / "plan_cache.json"
+    fresh = lambda: PlanCache(store, source_fingerprint(root))  # noqa: E731 (one planning run each)
+    before = code_of(root, "scripts.run", cache=fresh())
+    assert before == code_of(root, "scripts.run") and json.loads(store.read_text())["values"]
+
+    def never():
+        raise AssertionError("derived again although the source did not change")
+    monkeypatch.setattr(code_deps, "_closure", lambda *a: never())
+    assert code_of(root, "scripts.run", cache=fresh()) == before
+    monkeypatch.setattr(wf_config, "schema_with_registries", lambda *a: {"type": "object"})
+    wf_config.write_schema(tmp_path / "s.json", cache=fresh())
+    monkeypatch.setattr(wf_config, "schema_with_registries", lambda *a: never())
+    assert json.loads(Path(wf_config.write_schema(tmp_path / "s.json", cache=fresh())).read_text()) == {"type": "object"}
+    monkeypatch.undo()
+
+    # an edit (a new import), a new file and an extra file each change the fingerprint: the closure is recomputed
+    prints = [source_fingerprint(root)]
+    write(root, {"nanochat/sub/helper.py": TREE["nanochat/sub/helper.py"] + "import nanochat.sub.lazy\n"})
+    prints.append(source_fingerprint(root))
+    code_deps._closure.cache_clear(), code_deps._graph.cache_clear()  # a new planning process
+    assert str(root / "nanochat/sub/lazy.py") in code_of(root, "scripts.run", cache=fresh())
+    write(root, {"nanochat/extra.py": ""})
+    prints.append(source_fingerprint(root))
+    prints.append(source_fingerprint(root, [root / "workflow/wrapper.py"]))  # files outside the packages too
+    assert len(set(prints)) == len(prints)
+    (root / "nanochat/extra.py").unlink()
+    assert source_fingerprint(root) == prints[1]
+    store.write_text("{not json")  # a damaged store is ignored, then rewritten
+    assert code_of(root, "scripts.run", cache=fresh()) and json.loads(store.read_text())["values"]
 
 
 def job_table(cwd, configfile):
