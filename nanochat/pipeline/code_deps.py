@@ -221,8 +221,8 @@ def code_of(root, *entries: str, cache=None) -> list[str]:
     """
     if not entries:
         raise ValueError("code_of needs at least one entry module or script")
-    root = str(Path(root).resolve())
-    find = lambda: [str(p) for p in _closure(root, tuple(entries))]  # noqa: E731
-    files = map(Path, cache.get(f"code_of:{root}:{' '.join(entries)}", find) if cache is not None else find())
+    root = Path(root).resolve()
+    find = lambda: [str(p.relative_to(root)) for p in _closure(str(root), tuple(entries))]  # noqa: E731
+    files = cache.get(f"code_of:{' '.join(entries)}", find) if cache is not None else find()
     cwd = Path.cwd().resolve()
-    return [str(p.relative_to(cwd)) if p.is_relative_to(cwd) else str(p) for p in files]
+    return [str(p.relative_to(cwd)) if p.is_relative_to(cwd) else str(p) for p in (root / f for f in files)]

@@ -243,10 +243,13 @@ def write_schema(dest, schema_path=SCHEMA, cache=None) -> str:
 
     cache: a plan_cache.PlanCache, so that planning imports the registries' modules (and torch) only after an
     edit of the source."""
+    import hashlib
+
     from nanochat.common import atomic_write_text
     dest = Path(dest).resolve()
-    schema = (cache.get(f"schema:{Path(schema_path).resolve()}", lambda: schema_with_registries(schema_path))
-              if cache is not None else schema_with_registries(schema_path))
+    key = "schema:" + hashlib.sha256(Path(schema_path).read_bytes()).hexdigest()
+    schema = (cache.get(key, lambda: schema_with_registries(schema_path)) if cache is not None
+              else schema_with_registries(schema_path))
     atomic_write_text(dest, json.dumps(schema, indent=1))
     return str(dest)
 

@@ -4,6 +4,7 @@
 """
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,22 +108,27 @@ def test_repo_closures(monkeypatch):
 
 
 def test_plan_cache_keeps_derived_values_until_the_source_changes(tmp_path, monkeypatch):
-    """Planning reuses closures and the filled schema from disk, and derives them afresh after any source edit."""
+    """Planning reuses closures and the filled schema from disk (also in a copy that kept its mtimes), and
+    derives them afresh after any source edit."""
+    monkeypatch.delenv("NANOCHAT_PLAN_CACHE", raising=False)
     root = write(tmp_path / "repo", TREE)
     store = tmp_path / ".snakemake" / "plan_cache.json"
-    fresh = lambda: PlanCache(store, source_fingerprint(root))  # noqa: E731 (one planning run each)
+    fresh = lambda r=root: PlanCache(store, source_fingerprint(r))  # noqa: E731 (one planning run each)
     before = code_of(root, "scripts.run", cache=fresh())
-    assert before == code_of(root, "scripts.run") and json.loads(store.read_text())["values"]
+    assert before == code_of(root, "scripts.run")
 
     def never():
         raise AssertionError("derived again although the source did not change")
-    monkeypatch.setattr(code_deps, "_closure", lambda *a: never())
-    assert code_of(root, "scripts.run", cache=fresh()) == before
-    monkeypatch.setattr(wf_config, "schema_with_registries", lambda *a: {"type": "object"})
-    wf_config.write_schema(tmp_path / "s.json", cache=fresh())
-    monkeypatch.setattr(wf_config, "schema_with_registries", lambda *a: never())
-    assert json.loads(Path(wf_config.write_schema(tmp_path / "s.json", cache=fresh())).read_text()) == {"type": "object"}
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(code_deps, "_closure", lambda *a: never())
+        assert code_of(root, "scripts.run", cache=fresh()) == before
+        copy = Path(shutil.copytree(root, tmp_path / "copy"))  # mtimes kept: same fingerprint, paths of the copy
+        assert code_of(copy, "scripts.run", cache=fresh(copy)) == [f.replace(str(root), str(copy)) for f in before]
+        m.setattr(wf_config, "schema_with_registries", lambda *a: {"type": "object"})
+        wf_config.write_schema(tmp_path / "s.json", cache=fresh())
+        m.setattr(wf_config, "schema_with_registries", lambda *a: never())
+        assert json.loads(Path(wf_config.write_schema(tmp_path / "s.json", cache=fresh())).read_text()) == \
+            {"type": "object"}
 
     # an edit (a new import), a new file and an extra file each change the fingerprint: the closure is recomputed
     prints = [source_fingerprint(root)]
@@ -130,14 +136,15 @@ def test_plan_cache_keeps_derived_values_until_the_source_changes(tmp_path, monk
     prints.append(source_fingerprint(root))
     code_deps._closure.cache_clear(), code_deps._graph.cache_clear()  # a new planning process
     assert str(root / "nanochat/sub/lazy.py") in code_of(root, "scripts.run", cache=fresh())
-    write(root, {"nanochat/extra.py": ""})
+    assert len(json.loads(store.read_text())["entries"]) == 2  # the old source's values are kept beside the new
+    write(root, {"workflow/new.py": ""})
     prints.append(source_fingerprint(root))
-    prints.append(source_fingerprint(root, [root / "workflow/wrapper.py"]))  # files outside the packages too
+    prints.append(source_fingerprint(root, [tmp_path / "s.json"]))  # files outside the checkout too
     assert len(set(prints)) == len(prints)
-    (root / "nanochat/extra.py").unlink()
+    (root / "workflow/new.py").unlink()
     assert source_fingerprint(root) == prints[1]
     store.write_text("{not json")  # a damaged store is ignored, then rewritten
-    assert code_of(root, "scripts.run", cache=fresh()) and json.loads(store.read_text())["values"]
+    assert code_of(root, "scripts.run", cache=fresh()) and json.loads(store.read_text())["entries"]
 
 
 def job_table(cwd, configfile):
