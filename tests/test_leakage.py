@@ -24,10 +24,13 @@ def test_planted_leaks_each_kind():
         _q("h4", "Which lamp is red?", "red", ["d3"]),                           # same gold doc + answer
         _q("h5", "Where was Mira Donn born?", "Belport", ["d7"]),                # same answer, other entity: clean
         _q("h6", "When was Zorvik Labs renamed?", "2001", ["d8"]),               # same entity, other answer: clean
+        # a question opening with a preposition: "Along" names nothing, so other towns on the same river are clean
+        _q("h7", "Along which river is Dovjul?", "Sela", ["d10"]),
     ]
-    r = find_leaks([dict(t, hops=1) for t in TRAIN], held)
+    r = find_leaks([*(dict(t, hops=1) for t in TRAIN), _q("t4", "Along which river is Ashsia?", "Sela", ["d11"])],
+                   held)
     assert r["counts"] == {"exact": 1, "normalized": 1, "answer_same_entity": 2}
-    assert r["n_leaked"] == 4 and r["leak_rate"] == pytest.approx(4 / 6)
+    assert r["n_leaked"] == 4 and r["leak_rate"] == pytest.approx(4 / 7)
     assert {e["heldout_id"] for e in r["examples"]["answer_same_entity"]} == {"h3", "h4"}
 
 

@@ -22,9 +22,14 @@ from nanochat.common import atomic_write_json, print0
 from nanochat.rag.metrics import normalize_answer
 from nanochat.data.queries import load_queries
 
-# capitalised words that start questions rather than name things
+# capitalised words that start questions rather than name things: question words, auxiliaries, articles, the
+# prepositions a question can open with ("Along which river ...") and the imperatives of "Name the ..."
 QUESTION_WORDS = {"what", "when", "where", "who", "whom", "whose", "which", "why", "how", "in", "on", "at", "for",
-                  "is", "are", "was", "were", "does", "did", "do", "the", "a", "an", "from", "by", "to", "of", "can"}
+                  "is", "are", "was", "were", "does", "did", "do", "the", "a", "an", "from", "by", "to", "of", "can",
+                  "along", "into", "with", "about", "after", "before", "during", "near", "under", "over", "between",
+                  "through", "across", "behind", "beside", "beyond", "within", "without", "since", "until", "upon",
+                  "against", "among", "around", "toward", "towards", "has", "have", "had", "will", "would", "could",
+                  "should", "name", "list", "tell", "give"}
 _PUNCT_TABLE = str.maketrans({c: " " for c in string.punctuation})
 _CAPS = re.compile(r"\b[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*")
 
